@@ -1,0 +1,1 @@
+"""The `treerpo` command line (click). Commands are thin: they resolve config and plugins and call the core."""

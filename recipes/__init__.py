@@ -1,0 +1,1 @@
+"""Config files shipped with treerpo: the embedded demo and the paper recipe."""

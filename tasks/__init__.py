@@ -1,0 +1,1 @@
+"""First-party task and delimiter-rule plugins (installed as treerpo_tasks)."""

@@ -1,0 +1,1 @@
+"""Tree growth: branching decisions (pure) and generation engines."""

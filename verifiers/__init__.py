@@ -1,0 +1,1 @@
+"""First-party verifier plugins (installed as treerpo_verifiers)."""

@@ -112,6 +112,7 @@ class Tree:
     reference: Any
     nodes: list[Node] = field(default_factory=list)
     step: int | None = None
+    info: dict = field(default_factory=dict)  # engine notes, e.g. which budget stopped branching
 
     # -- structure -------------------------------------------------------------------------------
     def node(self, node_id: int) -> Node:
@@ -160,6 +161,7 @@ class Tree:
             "prompt_token_ids": list(self.prompt_token_ids),
             "reference": self.reference,
             "nodes": [n.to_dict() for n in self.nodes],
+            "info": self.info,
         }
 
     def to_json(self) -> str:
@@ -173,6 +175,7 @@ class Tree:
             reference=d["reference"],
             nodes=[Node.from_dict(n) for n in d["nodes"]],
             step=d.get("step"),
+            info=d.get("info") or {},
         )
 
     @classmethod

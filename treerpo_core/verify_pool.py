@@ -1,0 +1,260 @@
+"""The verification pool: grade completions with any verifier, in worker processes with a hard wall-clock
+limit per check, so a hanging or crashing checker costs a TIMEOUT or ERROR verdict, never the run.
+
+Why processes and not threads: math-verify's own timeout uses `signal.alarm`, which only works in the main
+thread; other frameworks that called it from a thread pool shipped silent all-zero rewards or training that
+hung forever. A thread cannot be killed; a process can. So each check runs in a worker process and the
+parent kills the worker (SIGKILL) when the check passes `timeout_s`, then forks a replacement.
+
+Why fork: the workers need the verifier object itself, including ones registered in-process by a test
+(`plugins.plugin_registered`) or by a third-party entry point. Forking copies the parent's already-built
+verifier into the child, so nothing has to be pickled or re-imported, and a factory that only exists in
+the parent's memory still works. The child only runs `verify` (pure Python: parsing, sympy, subprocesses),
+never torch or CUDA, which is what makes forking a trainer process safe here.
+
+Verifiers that bring their own `verify_batch` (the code verifier runs its own sandboxes in parallel, with
+its own timeouts) are called in-process instead; their results are still checked for shape and type.
+
+Workers start lazily on the first `verify` and are reused across calls (the trainer grades every step).
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from .plugins import get_registry
+from .types import Verdict, VerifyResult
+
+if TYPE_CHECKING:
+    from .config import VerifierConfig
+
+# the keyword arguments the core may pass to a verifier factory, when the factory names them
+CORE_KWARGS = ("sandbox", "timeout_s")
+
+
+def check_sandbox_allowed(vcfg: "VerifierConfig", unsafe: bool) -> None:
+    """Refuse `verifier.sandbox=local` (untrusted code run without isolation) unless the user said --unsafe."""
+    from .config import ConfigError
+
+    if vcfg.sandbox != "local":
+        return
+    if not unsafe:
+        raise ConfigError("verifier.sandbox=local runs untrusted code without isolation; pass --unsafe to allow it")
+    print("treerpo: WARNING: verifier.sandbox=local: model-written code runs WITHOUT isolation, with your "
+          "user's permissions (--unsafe given)", file=sys.stderr)
+
+
+def create_verifier(name: str, options: dict | None = None, **core_kwargs) -> Any:
+    """Build a verifier, passing the core's `sandbox=`/`timeout_s=` only to factories whose signature names
+    them (or takes **kwargs), so third-party factories without those parameters keep working."""
+    reg = get_registry().get("verifier", name)
+    try:
+        params = inspect.signature(reg.factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    passed = {k: v for k, v in core_kwargs.items() if k in CORE_KWARGS and (takes_any or k in params)}
+    passed = {k: v for k, v in passed.items() if k not in (options or {})}  # a user option wins
+    return get_registry().create("verifier", name, options, **passed)
+
+
+def _as_result(value: Any, who: str) -> VerifyResult:
+    """A verifier's return value as a VerifyResult; anything else is an ERROR naming what came back."""
+    if isinstance(value, VerifyResult):
+        return value
+    return VerifyResult(Verdict.ERROR, f"{who} returned {type(value).__name__} ({value!r:.80}), not a VerifyResult")
+
+
+def _check_one(verifier: Any, item: dict) -> VerifyResult:
+    """One `verify` call with its exceptions turned into ERROR verdicts (the reason carries the exception)."""
+    try:
+        item = dict(item)
+        completion = item.pop("completion")
+        reference = item.pop("reference")
+        return _as_result(verifier.verify(completion, reference, **item), f"{type(verifier).__name__}.verify")
+    except Exception as exc:
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+        return VerifyResult(Verdict.ERROR, f"{type(exc).__name__}: {exc}{where}"[:2000])
+
+
+def _worker_main(conn: Connection, verifier: Any, parent_pid: int, inherited: list[Connection]) -> None:
+    """Worker loop: receive (index, item), send (index, VerifyResult), until EOF or the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
+    for c in inherited:  # siblings' parent-side pipe ends, copied by fork; holding them would hide EOFs
+        try:
+            c.close()
+        except OSError:
+            pass
+    while True:
+        try:
+            if not conn.poll(1.0):
+                if os.getppid() != parent_pid:  # orphaned: the parent died without closing us
+                    return
+                continue
+            index, item = conn.recv()
+        except (EOFError, OSError):
+            return
+        result = _check_one(verifier, item)
+        try:
+            conn.send((index, result))
+        except Exception as exc:  # e.g. a verifier put something unpicklable in the reason
+            conn.send((index, VerifyResult(Verdict.ERROR, f"result could not be sent back: {type(exc).__name__}: {exc}")))
+
+
+class _Worker:
+    def __init__(self, ctx, verifier: Any, siblings: list[Connection]):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, verifier, os.getpid(), siblings + [self.conn]),
+                                daemon=True, name="treerpo-verify")
+        self.proc.start()
+        child.close()
+        self.index: int | None = None  # item being checked, None when idle
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        except Exception:
+            pass
+        self.conn.close()
+
+
+class VerifierPool:
+    """Grades items `{"completion", "reference", **metadata}` with one verifier, in order, never hanging.
+
+    `verifier` is an in-process instance (for `extract_answer` / `same_answer`, which are cheap)."""
+
+    def __init__(self, verifier_name: str, options: dict | None = None, *, workers: int = 2,
+                 timeout_s: float = 5.0, sandbox: str = "bwrap"):
+        if workers < 1:
+            raise ValueError(f"verifier.workers must be at least 1, got {workers}")
+        if timeout_s <= 0:
+            raise ValueError(f"verifier.timeout_s must be positive, got {timeout_s}")
+        self.name = verifier_name
+        self.workers = workers
+        self.timeout_s = float(timeout_s)
+        self.verifier = create_verifier(verifier_name, options, sandbox=sandbox, timeout_s=timeout_s)
+        self._batch = callable(getattr(self.verifier, "verify_batch", None))
+        self._pool: list[_Worker] = []
+        self._ctx = mp.get_context("fork")
+        self.replaced = 0  # workers killed and replaced (timeouts, crashes): a health figure for logs
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, vcfg: "VerifierConfig", name: str | None = None) -> "VerifierPool":
+        verifier_name = name or vcfg.name
+        if not verifier_name:
+            from .config import ConfigError
+
+            raise ConfigError("verifier.name is not set (and no task default was applied); pass --verifier NAME")
+        return cls(verifier_name, vcfg.options, workers=vcfg.workers, timeout_s=vcfg.timeout_s, sandbox=vcfg.sandbox)
+
+    # -- grading ---------------------------------------------------------------------------------
+    def verify(self, items: list[dict]) -> list[VerifyResult]:
+        items = list(items)
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "completion" not in item or "reference" not in item:
+                raise ValueError(f"verify item {i}: expected a dict with 'completion' and 'reference', got {item!r:.100}")
+        if not items:
+            return []
+        if self._batch:
+            return self._verify_batch(items)
+        return self._verify_in_workers(items)
+
+    def _verify_batch(self, items: list[dict]) -> list[VerifyResult]:
+        who = f"{type(self.verifier).__name__}.verify_batch"
+        try:
+            out = list(self.verifier.verify_batch(items))
+        except Exception as exc:
+            return [VerifyResult(Verdict.ERROR, f"{who} raised {type(exc).__name__}: {exc}")] * len(items)
+        if len(out) != len(items):
+            return [VerifyResult(Verdict.ERROR, f"{who} returned {len(out)} results for {len(items)} items")] * len(items)
+        return [_as_result(r, who) for r in out]
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._ctx, self.verifier, [w.conn for w in self._pool])
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self._pool[self._pool.index(w)] = self._spawn()
+        self.replaced += 1
+
+    def _verify_in_workers(self, items: list[dict]) -> list[VerifyResult]:
+        while len(self._pool) < min(self.workers, len(items)):  # lazily, and no more than there is work for
+            self._pool.append(self._spawn())
+        results: list[VerifyResult | None] = [None] * len(items)
+        todo = iter(range(len(items)))
+        pending = len(items)
+        while pending:
+            for w in self._pool:
+                if w.index is None:
+                    i = next(todo, None)
+                    if i is None:
+                        break
+                    try:
+                        w.conn.send((i, items[i]))
+                    except Exception as exc:  # unpicklable metadata, or a worker that already died
+                        results[i] = VerifyResult(Verdict.ERROR, f"could not send the item to a worker: {type(exc).__name__}: {exc}")
+                        pending -= 1
+                        if not isinstance(exc, (TypeError, AttributeError, ValueError)) or not w.proc.is_alive():
+                            self._replace(w)
+                        continue
+                    w.index, w.deadline = i, time.monotonic() + self.timeout_s
+            busy = [w for w in self._pool if w.index is not None]
+            if not busy:
+                continue
+            now = time.monotonic()
+            ready = wait([w.conn for w in busy], timeout=max(0.0, min(w.deadline for w in busy) - now))
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        index, result = w.conn.recv()
+                    except (EOFError, OSError):  # the worker died mid-check (segfault, os._exit, OOM kill)
+                        w.proc.join(timeout=1)
+                        results[w.index] = VerifyResult(
+                            Verdict.ERROR, f"verifier worker died during the check (exit code {w.proc.exitcode})")
+                        pending -= 1
+                        self._replace(w)
+                        continue
+                    results[index] = result
+                    pending -= 1
+                    w.index = None
+                elif time.monotonic() >= w.deadline:
+                    results[w.index] = VerifyResult(
+                        Verdict.TIMEOUT, f"check ran past verifier.timeout_s={self.timeout_s:g}s; worker killed")
+                    pending -= 1
+                    self._replace(w)
+        return results  # type: ignore[return-value]
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def close(self) -> None:
+        for w in self._pool:
+            w.kill()
+        self._pool = []
+        if not self._closed:
+            self._closed = True
+            close = getattr(self.verifier, "close", None)
+            if callable(close):
+                close()
+
+    def __enter__(self) -> "VerifierPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

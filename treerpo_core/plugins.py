@@ -34,6 +34,7 @@ AUTOLOAD_ENV = "TREERPO_DISABLE_PLUGIN_AUTOLOAD"
 # Modules of the built-in plugins, registered through the same hooks as any third-party plugin.
 DEFAULT_PLUGINS: list[str] = [
     "treerpo_core.model_aliases",
+    "treerpo_tasks.delimiters",
 ]
 
 # hook name -> plugin kind as shown by `treerpo plugins`

@@ -8,14 +8,16 @@ import click
 
 from treerpo_core.plugins import get_registry
 
-from .common import user_errors
+from .common import config_options, load_config, user_errors
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {kind, name, distribution, version}.")
+@config_options
 @user_errors
-def plugins(as_json):
+def plugins(as_json, config_file, overrides):
     """List every registered verifier, task, delimiter rule and model alias."""
+    load_config(config_file, overrides)  # validated like every command's, though listing needs none of it
     regs = sorted(get_registry().all(), key=lambda r: (r.kind, r.name))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in regs], indent=2))

@@ -17,12 +17,14 @@ normalizer; a node unit's weight is the sum of its tokens' weights.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 
 from .config import LossConfig
+from .packing import build_pack, pack_logprobs, plan_packs
 from .types import Node, Tree
 
 
@@ -171,3 +173,42 @@ class PolicyLoss:
         return PackLoss(loss=(units.weight * loss).sum() / normalizer, units=int(loss.numel()),
                         clipped=int(clipped.sum()), ratio_sum=float(units.ratio.detach().sum()),
                         tokens=int(new.numel()))
+
+
+# -- one minibatch's gradient, pack by pack --------------------------------------------------------
+
+
+def accumulate_policy_gradient(model, trees: list[Tree], policy_loss: PolicyLoss, *, temperature: float,
+                               max_packed_tokens: int, backward: Callable[[torch.Tensor], None] = lambda t: t.backward(),
+                               no_sync: Callable[[], ContextManager] | None = None) -> dict:
+    """Forward each pack of each tree, compute its share of the minibatch loss (divided by the minibatch
+    normalizer, so the shares sum to the full loss) and call `backward(share)` at once, so memory stays
+    bounded by one pack whatever the minibatch holds.
+
+    `no_sync` (e.g. `lambda: accelerator.no_sync(model)` under DDP): every pack but the last runs inside it,
+    so gradients are all-reduced once per minibatch, and each rank all-reduces exactly once whatever its
+    number of packs. Returns python floats: loss, clip_ratio (fraction of units, tokens or nodes, where
+    clipping was active), tokens (in the loss), ratio_mean (over units), packs. A minibatch where no node
+    enters the loss returns loss 0.0 and calls backward on nothing."""
+    stats = {"loss": 0.0, "clip_ratio": 0.0, "tokens": 0, "ratio_mean": 0.0, "packs": 0}
+    normalizer = policy_loss.normalizer(trees)
+    if normalizer == 0.0:
+        return stats
+    plan = []  # (tree, node ids of one pack)
+    for tree in trees:
+        wanted = [n.id for n in policy_loss.nodes_in_loss(tree)]
+        if wanted:
+            plan += [(tree, group) for group in plan_packs(tree, wanted, max_packed_tokens)]
+    units = clipped = 0
+    ratio_sum = 0.0
+    for i, (tree, group) in enumerate(plan):
+        context = no_sync() if no_sync is not None and i < len(plan) - 1 else nullcontext()
+        with context:
+            new = pack_logprobs(model, build_pack(tree, group), temperature=temperature)
+            share = policy_loss.pack_loss([tree.node(nid) for nid in group], [new[nid] for nid in group], normalizer)
+            backward(share.loss)
+        stats["loss"] += float(share.loss.detach())
+        stats["tokens"] += share.tokens
+        units, clipped, ratio_sum = units + share.units, clipped + share.clipped, ratio_sum + share.ratio_sum
+    stats.update(clip_ratio=clipped / units, ratio_mean=ratio_sum / units, packs=len(plan))
+    return stats

@@ -35,6 +35,7 @@ AUTOLOAD_ENV = "TREERPO_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_PLUGINS: list[str] = [
     "treerpo_core.model_aliases",
     "treerpo_tasks.delimiters",
+    "treerpo_verifiers.unit_tests",
 ]
 
 # hook name -> plugin kind as shown by `treerpo plugins`

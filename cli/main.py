@@ -14,6 +14,8 @@ COMMANDS = {
     "plugins": "treerpo_cli.plugins_cmd:plugins",
     "verify": "treerpo_cli.verify_cmd:verify",
     "eval": "treerpo_cli.eval_cmd:eval_cmd",
+    "run": "treerpo_cli.run_cmd:run",
+    "sft": "treerpo_cli.sft_cmd:sft",
 }
 
 

@@ -119,6 +119,7 @@ class SFTConfig:
     lr: float = 3e-5
     batch_size: int = 8
     max_length: int = 1024  # tokens per example (prompt + target); longer ones are truncated
+    packing: bool = False  # concatenate examples into rows of up to max_length tokens (block-diagonal mask)
 
 
 @dataclass

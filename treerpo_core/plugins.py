@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: list[str] = [
     "treerpo_core.model_aliases",
     "treerpo_tasks.delimiters",
     "treerpo_verifiers.unit_tests",
+    "treerpo_verifiers.boxed",
 ]
 
 # hook name -> plugin kind as shown by `treerpo plugins`

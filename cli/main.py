@@ -14,6 +14,7 @@ COMMANDS = {
     "plugins": "treerpo_cli.plugins_cmd:plugins",
     "verify": "treerpo_cli.verify_cmd:verify",
     "eval": "treerpo_cli.eval_cmd:eval_cmd",
+    "report": "treerpo_cli.report_cmd:report",
     "run": "treerpo_cli.run_cmd:run",
     "sft": "treerpo_cli.sft_cmd:sft",
 }

@@ -62,7 +62,8 @@ def run_eval(cfg, *, split: str, num_samples: int | None, output: str | None, un
     from tqdm import tqdm
 
     from treerpo_core.data import select
-    from treerpo_core.evaluate import ResultsLog, evaluate, examples_jsonl_path, parse_mode, pending, summarize
+    from treerpo_core.evaluate import (ResultsLog, evaluate, examples_jsonl_path, parse_mode, pending,
+                                       require_voting, summarize)
     from treerpo_core.models import load_model
     from treerpo_core.plugins import get_registry
     from treerpo_core.verify_pool import VerifierPool, check_sandbox_allowed
@@ -87,22 +88,24 @@ def run_eval(cfg, *, split: str, num_samples: int | None, output: str | None, un
         identity.update(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.run.seed)
 
     started = time.monotonic()
-    with ResultsLog(examples_path, identity=identity) as log:
-        todo = pending(examples, log.done)
-        resumed = len(examples) - len(todo)
-        if resumed:
-            print(f"treerpo eval: {resumed} of {len(examples)} examples already in {examples_path}; "
-                  "evaluating the rest", file=sys.stderr)
-        if todo:
-            model, tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype,
-                                          attn_implementation=cfg.model.attn_implementation, options=cfg.model.options)
-            with VerifierPool.from_config(cfg.verifier, verifier_name) as pool, \
-                    tqdm(total=len(examples), initial=resumed, desc=f"eval {mode.name}", unit="ex",
-                         file=sys.stderr, dynamic_ncols=True) as bar:
-                evaluate(model, tokenizer, todo, pool, mode, max_new_tokens=cfg.eval.max_new_tokens,
-                         batch_size=cfg.eval.batch_size, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                         seed=cfg.run.seed, on_record=log.append, progress=bar.update)
-        records = [log.done[str(ex.id)] for ex in examples]
+    with VerifierPool.from_config(cfg.verifier, verifier_name) as pool:
+        if mode.kind == "maj":
+            require_voting(pool.verifier, verifier_name)  # before any model loading or file writing
+        with ResultsLog(examples_path, identity=identity) as log:
+            todo = pending(examples, log.done)
+            resumed = len(examples) - len(todo)
+            if resumed:
+                print(f"treerpo eval: {resumed} of {len(examples)} examples already in {examples_path}; "
+                      "evaluating the rest", file=sys.stderr)
+            if todo:
+                model, tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, options=cfg.model.options,
+                                              attn_implementation=cfg.model.attn_implementation)
+                with tqdm(total=len(examples), initial=resumed, desc=f"eval {mode.name}", unit="ex",
+                          file=sys.stderr, dynamic_ncols=True) as bar:
+                    evaluate(model, tokenizer, todo, pool, mode, max_new_tokens=cfg.eval.max_new_tokens,
+                             batch_size=cfg.eval.batch_size, temperature=cfg.eval.temperature,
+                             top_p=cfg.eval.top_p, seed=cfg.run.seed, on_record=log.append, progress=bar.update)
+            records = [log.done[str(ex.id)] for ex in examples]
 
     report = {
         "task": cfg.task.name, "model": cfg.model.name, "split": split, "verifier": verifier_name,

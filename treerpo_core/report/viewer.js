@@ -5,12 +5,12 @@
 (function () {
   const DATA = JSON.parse(document.getElementById("tree-data").textContent);
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const SLOT = 30;        // horizontal room per leaf (px)
+  const MIN_SLOT = 30, MAX_SLOT = 90;  // horizontal room per leaf (px): small trees spread out, big ones scroll
   const LAYER = 74;       // vertical distance between depths (px)
   const RADIUS = 10;
   const MARGIN = { left: 64, right: 24, top: 26, bottom: 40 };
   const KIND_LETTER = { root: "R", forced: "F", entropy: "E", coverage: "C", sample: "S" };
-  const VERDICT_GLYPH = { PASS: ["✓", "v-pass"], FAIL: ["✗", "v-fail"], ERROR: ["!", "v-error"], TIMEOUT: ["⌛", "v-timeout"] };
+  const VERDICT_GLYPH = { PASS: ["✓", "v-pass"], FAIL: ["✗", "v-fail"], ERROR: ["!", "v-error"], TIMEOUT: ["T", "v-timeout"] };
 
   const $ = (id) => document.getElementById(id);
   const stepSelect = $("step-select"), promptSelect = $("prompt-select"), canvas = $("tree-canvas");
@@ -88,6 +88,8 @@
     const lay = layout(tree);
     current = { tree, byId: lay.byId, children: lay.children };
     const maxDepth = Math.max(0, ...tree.nodes.map((n) => n.depth));
+    const room = canvas.clientWidth - MARGIN.left - MARGIN.right;
+    const SLOT = Math.max(MIN_SLOT, Math.min(MAX_SLOT, room / lay.columns));
     const width = MARGIN.left + MARGIN.right + lay.columns * SLOT;
     const height = MARGIN.top + MARGIN.bottom + maxDepth * LAYER;
     const px = (n) => MARGIN.left + (lay.x.get(n.id) + 0.5) * SLOT;

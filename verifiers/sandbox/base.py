@@ -94,6 +94,14 @@ def judge_report(raw: RawRun, token: str, limits: Limits, backend: str) -> tuple
             break
     if report is None:
         err = raw.stderr.decode("utf-8", "replace").strip()[-500:]
+        code = raw.exit_code
+        if code is not None and (code < 0 or code >= 128) and not err:
+            # The judge died by a signal with nothing on stderr: inside the sandbox only the program shares its
+            # uid, so the program killed it. That is the program's failure; calling it ERROR would let a policy
+            # have its bad samples dropped (loss.on_error=drop) by killing the judge.
+            sig = -code if code < 0 else code - 128
+            return VerifyResult(Verdict.FAIL, f"the judge process was killed by signal {sig} from inside the "
+                                              f"sandbox before it reported"), {}
         return VerifyResult(Verdict.ERROR, f"{backend} sandbox gave no report (exit code {raw.exit_code}); "
                                            f"stderr: {err or '(empty)'}"), {}
     status, reason = report.get("status"), str(report.get("reason", ""))

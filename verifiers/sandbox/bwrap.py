@@ -16,6 +16,7 @@ import subprocess
 
 from .base import HARNESS_SOURCE, SCRATCH_DIRS, Backend, Limits, RawRun, SandboxUnavailable, communicate
 
+HOST_UID = 65534  # "nobody": the host uid sandboxes run as when the verifier runs as root
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`)"
 
 
@@ -56,14 +57,19 @@ class BwrapBackend(Backend):
         cmd += ["--proc", "/proc", "--dev", "/dev"]
         for d in SCRATCH_DIRS:
             cmd += ["--size", tmp_bytes, "--perms", "1777", "--tmpfs", d]
+        cmd += ["--remount-ro", "/"]  # bwrap's root is a tmpfs: without this it is unbounded scratch space
         cmd += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
                 "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
         return cmd + ["--", self.python, "-I", "-c", HARNESS_SOURCE]
 
     def _run(self, data: bytes) -> RawRun:
         self.check_available()
+        # As root, drop to an unprivileged uid before bwrap: the kernel exempts root's own processes from
+        # RLIMIT_NPROC (so a fork bomb would not be capped), and an unprivileged user namespace holds no
+        # capability over the host's.
+        drop = {"user": HOST_UID, "group": HOST_UID, "extra_groups": []} if os.geteuid() == 0 else {}
         proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={}, cwd="/", start_new_session=True, close_fds=True)
+                                env={}, cwd="/", start_new_session=True, close_fds=True, **drop)
         raw = communicate(proc, data, self.limits.timeout_s)
         if raw.exit_code not in (0, None) and b"bwrap:" in raw.stderr and not raw.timed_out:
             msg = raw.stderr.decode("utf-8", "replace").strip()[-300:]

@@ -145,8 +145,10 @@ def candidate(req, call_r, reply_w, out_w):
     lim = req["limits"]
     for name, value in (("RLIMIT_AS", lim["memory_bytes"]), ("RLIMIT_NPROC", lim["max_procs"]),
                         ("RLIMIT_FSIZE", lim["file_bytes"]), ("RLIMIT_NOFILE", lim["open_files"]),
-                        ("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_CORE", 0)):
+                        ("RLIMIT_CORE", 0)):
         resource.setrlimit(getattr(resource, name), (value, value))
+    # SIGXCPU at the soft limit, SIGKILL a second later for a program that catches SIGXCPU
+    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
     reply = os.fdopen(reply_w, "w", buffering=1)
 
     def send(obj):
@@ -237,7 +239,7 @@ class Judge:
             return "failed", "the program's process ended before the tests finished"
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.cpu_used() >= self.req["limits"]["cpu_s"]):
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.cpu_used() >= self.req["limits"]["cpu_s"] - 0.1):
                 return "timeout", "CPU time limit exceeded"
             return "failed", f"the program's process was killed by signal {signal.Signals(sig).name} before the tests finished"
         return "failed", f"the program's process exited with code {os.WEXITSTATUS(status)} before the tests finished"

@@ -110,6 +110,7 @@ class RunConfig:
     keep_last: int = 3
     dump_every: int = 10  # tree dumps every N steps
     eval_limit: int = 64  # held-out problems for the greedy accuracy in the run summary (0: skip)
+    log_with: str | None = None  # accelerate trackers: tensorboard | wandb | all (None: metrics.jsonl only)
 
 
 @dataclass

@@ -37,6 +37,9 @@ DEFAULT_PLUGINS: list[str] = [
     "treerpo_tasks.delimiters",
     "treerpo_verifiers.unit_tests",
     "treerpo_verifiers.boxed",
+    "treerpo_tasks.arithmetic",
+    "treerpo_tasks.gsm8k",
+    "treerpo_tasks.numina",
 ]
 
 # hook name -> plugin kind as shown by `treerpo plugins`

@@ -52,7 +52,7 @@ class _Batch:
 
     def select(self, index: list[int]) -> None:
         """Keep, drop or duplicate rows: row j becomes old row index[j]."""
-        if index == list(range(len(self.rows))):
+        if not index or index == list(range(len(self.rows))):  # nothing left to decode, or nothing changed
             return
         idx = torch.tensor(index, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(idx)

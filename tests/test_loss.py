@@ -3,13 +3,15 @@ that one update per batch leaves clipping idle while a changed policy makes it a
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import pytest
 import torch
 
 from treerpo_core.config import LossConfig
-from treerpo_core.loss import PolicyLoss, clipped_surrogate
+from treerpo_core.loss import PolicyLoss, accumulate_policy_gradient, clipped_surrogate
 from treerpo_core.types import Node, Tree
 
 
@@ -106,3 +108,71 @@ def test_missing_old_logprobs_is_an_error_naming_the_node():
     tree.nodes[2].logprobs = []
     with pytest.raises(ValueError, match="node 2"):
         PolicyLoss(LossConfig()).nodes_in_loss(tree)
+
+
+# -- with a model: the paper's one update per batch vs a changed policy ------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    from treerpo_core.models import load_model
+
+    m, _ = load_model("tiny-random", dtype="float32", device="cpu")
+    return m
+
+
+def _rollout_trees(model):
+    from test_packing import fill_rollout, flat_tree, random_tree
+
+    return [fill_rollout(model, random_tree(2), seed=3), fill_rollout(model, flat_tree(6), seed=4)]
+
+
+def test_unchanged_weights_give_ratio_one_and_idle_clipping(model):
+    trees = _rollout_trees(model)
+    model.zero_grad()
+    stats = accumulate_policy_gradient(model, trees, PolicyLoss(LossConfig()), temperature=0.7,
+                                       max_packed_tokens=4096)
+    model.zero_grad()
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert stats["clip_ratio"] == 0.0
+    assert stats["tokens"] == sum(t.unique_tokens for t in trees)
+
+
+@pytest.mark.parametrize("ratio", ["token", "node"])
+def test_clipping_acts_once_the_policy_has_moved(model, ratio):
+    """A second epoch over the same batch (train.ppo_epochs > 1): after one large step the ratios leave
+    [1 - eps, 1 + eps] and clipping shows in clip_ratio."""
+    policy = copy.deepcopy(model)
+    trees = _rollout_trees(model)
+    loss_fn = PolicyLoss(LossConfig(ratio=ratio))
+    accumulate_policy_gradient(policy, trees, loss_fn, temperature=0.7, max_packed_tokens=4096)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.sub_(p.grad.sign() * 0.05)  # a deliberately large step
+    stats = accumulate_policy_gradient(policy, trees, loss_fn, temperature=0.7, max_packed_tokens=4096)
+    assert stats["clip_ratio"] > 0.0
+    assert abs(stats["ratio_mean"] - 1.0) > 1e-2
+
+
+def test_minibatch_without_loss_nodes_calls_no_backward(model):
+    tree, _ = _tree(advantages=(None, None, None))
+    calls = []
+    stats = accumulate_policy_gradient(model, [tree], PolicyLoss(LossConfig()), temperature=0.7,
+                                       max_packed_tokens=4096, backward=calls.append)
+    assert calls == [] and stats["loss"] == 0.0 and stats["packs"] == 0
+
+
+def test_no_sync_wraps_every_pack_but_the_last(model):
+    trees = _rollout_trees(model)
+    entered, shares = [], []
+
+    @contextlib.contextmanager
+    def no_sync():
+        entered.append(len(shares))
+        yield
+
+    stats = accumulate_policy_gradient(model, trees, PolicyLoss(LossConfig()), temperature=0.7,
+                                       max_packed_tokens=30, backward=shares.append, no_sync=no_sync)
+    assert stats["packs"] == len(shares) > 2
+    assert entered == list(range(len(shares) - 1))
+    assert sum(s.item() for s in shares) == pytest.approx(stats["loss"])

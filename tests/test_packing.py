@@ -14,7 +14,7 @@ from treerpo_core.config import LossConfig
 from treerpo_core.logprobs import token_logprobs
 from treerpo_core.loss import PolicyLoss, accumulate_policy_gradient
 from treerpo_core.models import load_model
-from treerpo_core.packing import (PackingError, ancestor_mask, build_pack, chunked_logprobs, pack_logprobs,
+from treerpo_core.packing import (PackingError, ancestor_mask, attention_mask_for, build_pack, chunked_logprobs, pack_logprobs,
                                   plan_packs, tree_logprobs)
 from treerpo_core.types import Node, Tree
 
@@ -66,15 +66,18 @@ def flat_tree(seed: int, n: int = 4) -> Tree:
 
 
 def per_path_logprobs(model, tree: Tree, temperature: float = TEMPERATURE) -> dict[int, torch.Tensor]:
-    """The reference: feed prompt + root-to-node path as its own sequence, read the node's tokens."""
+    """The reference: every root-to-node path (prompt + path) as its own row of a plain causal forward,
+    right-padded (causal attention never looks at the padding after a row's tokens)."""
+    nodes = [n for n in tree.nodes if n.parent is not None and n.token_ids]
     out = {}
-    for node in tree.nodes:
-        if node.parent is None or not node.token_ids:
-            continue
-        ids = tree.prompt_token_ids + tree.path_token_ids(node.id)
-        k = len(node.token_ids)
-        logits = model(torch.tensor([ids])).logits[0]  # [len(ids), V]
-        out[node.id] = token_logprobs(logits[len(ids) - k - 1:-1], torch.tensor(ids[-k:]), temperature)
+    for i in range(0, len(nodes), 8):
+        rows = [tree.prompt_token_ids + tree.path_token_ids(n.id) for n in nodes[i:i + 8]]
+        width = max(len(r) for r in rows)
+        logits = model(torch.tensor([r + [0] * (width - len(r)) for r in rows])).logits  # [B, width, V]
+        for node, ids, row_logits in zip(nodes[i:i + 8], rows, logits):
+            k = len(node.token_ids)
+            out[node.id] = token_logprobs(row_logits[len(ids) - k - 1:len(ids) - 1], torch.tensor(ids[-k:]),
+                                          temperature)
     return out
 
 
@@ -143,40 +146,44 @@ def test_path_longer_than_pack_limit_is_an_error_naming_it():
 
 
 def _hand_tree() -> Tree:
-    # prompt [p0 p1]; root -> a [a0 a1] -> c [c0]; root -> b [b0]
+    # prompt [p0 p1]; root -> a [a0 a1] -> c [c0]; root -> b [b0 b1]
     nodes = [Node(id=0, parent=None, depth=0, kind="root"),
              Node(id=1, parent=0, depth=1, kind="forced", token_ids=[11, 12]),
-             Node(id=2, parent=0, depth=1, kind="forced", token_ids=[21]),
+             Node(id=2, parent=0, depth=1, kind="forced", token_ids=[21, 22]),
              Node(id=3, parent=1, depth=2, kind="entropy", token_ids=[31])]
     return Tree(prompt_id="hand", prompt_token_ids=[1, 2], reference=None, nodes=nodes)
 
 
 def test_ancestor_mask_and_positions_by_hand():
     pack = build_pack(_hand_tree(), [1, 2, 3])
-    assert pack.input_ids.tolist() == [1, 2, 11, 12, 31, 21]  # depth-first: a, c, then b
-    assert pack.position_ids.tolist() == [0, 1, 2, 3, 4, 2]  # b continues from the prompt, not after c
-    expected = [  # keys: p0 p1 a0 a1 c0 b0
-        [1, 0, 0, 0, 0, 0],  # p0
-        [1, 1, 0, 0, 0, 0],  # p1
-        [1, 1, 1, 0, 0, 0],  # a0
-        [1, 1, 1, 1, 0, 0],  # a1
-        [1, 1, 1, 1, 1, 0],  # c0 sees its ancestor a
-        [1, 1, 0, 0, 0, 1],  # b0 sees the prompt only, never its sibling a or a's child c
+    assert pack.input_ids.tolist() == [1, 2, 11, 12, 31, 21, 22]  # depth-first: a, c, then b
+    assert pack.position_ids.tolist() == [0, 1, 2, 3, 4, 2, 3]  # b continues from the prompt, not after c
+    expected = [  # keys: p0 p1 a0 a1 c0 b0 b1
+        [1, 0, 0, 0, 0, 0, 0],  # p0
+        [1, 1, 0, 0, 0, 0, 0],  # p1
+        [1, 1, 1, 0, 0, 0, 0],  # a0
+        [1, 1, 1, 1, 0, 0, 0],  # a1
+        [1, 1, 1, 1, 1, 0, 0],  # c0 sees its ancestor a
+        [1, 1, 0, 0, 0, 1, 0],  # b0 sees the prompt and itself, never its sibling a or a's child c
+        [1, 1, 0, 0, 0, 1, 1],  # b1
     ]
     assert ancestor_mask(pack.slot, pack.slot_visible).int().tolist() == expected
-    # c0 is predicted from a1 (position 3); b0 from the last prompt token (position 1)
-    assert pack.predictors[3].tolist() == [3] and pack.predictors[2].tolist() == [1]
+    # c0 is predicted from a1 (position 3); b0 from the last prompt token (position 1), b1 from b0
+    assert pack.predictors[3].tolist() == [3] and pack.predictors[2].tolist() == [1, 5]
 
 
 def test_model_honours_the_mask(model):
-    """Guard against the mask being dropped on the way into attention: with a plain causal mask over the
-    same packed sequence node b would see its sibling's branch and its log-probs would move."""
+    """The 4-D mask's contents reach attention: the same packed sequence and positions with a plain causal
+    4-D mask (b sees its sibling's branch) moves b's log-probs, while the ancestor mask reproduces the
+    separate-path reference. Were the 4-D mask dropped, both would come out the same."""
     tree = _hand_tree()
     pack = build_pack(tree, [1, 2, 3])
+    n = len(pack)
     with torch.no_grad():
         packed = pack_logprobs(model, pack, temperature=TEMPERATURE)[2]
-        logits = model(pack.input_ids[None], position_ids=pack.position_ids[None]).logits[0]  # causal only
-        leaked = token_logprobs(logits[4:5], pack.input_ids[5:6], TEMPERATURE)
+        causal = attention_mask_for(model, torch.ones(n, n, dtype=torch.bool).tril(), torch.float32)
+        logits = model(pack.input_ids[None], attention_mask=causal, position_ids=pack.position_ids[None]).logits[0]
+        leaked = token_logprobs(logits[[1, 5]], pack.input_ids[5:7], TEMPERATURE)
         reference = per_path_logprobs(model, tree)[2]
     assert float((packed - reference).abs().max()) < 1e-4
     assert float((leaked - reference).abs().max()) > 1e-3

@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 # the keyword arguments the core may pass to a verifier factory, when the factory names them
 CORE_KWARGS = ("sandbox", "timeout_s")
 
+_in_worker = False
+
+
+def in_worker() -> bool:
+    """True inside a pool worker process. A verifier with its own soft time limit (a signal that interrupts
+    Python code) can leave it off here: interrupting code mid-way (a first-time import, a cache update) can
+    corrupt the process, and in a worker the pool's kill-and-replace is the clean way to end a slow check."""
+    return _in_worker
+
 
 def check_sandbox_allowed(vcfg: "VerifierConfig", unsafe: bool) -> None:
     """Refuse `verifier.sandbox=local` (untrusted code run without isolation) unless the user said --unsafe."""
@@ -88,6 +97,8 @@ def _check_one(verifier: Any, item: dict) -> VerifyResult:
 
 def _worker_main(conn: Connection, verifier: Any, parent_pid: int, inherited: list[Connection]) -> None:
     """Worker loop: receive (index, item), send (index, VerifyResult), until EOF or the parent is gone."""
+    global _in_worker
+    _in_worker = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
     for c in inherited:  # siblings' parent-side pipe ends, copied by fork; holding them would hide EOFs
         try:

@@ -12,10 +12,12 @@ It decides every reward of the paper's math recipe, so it is written against bot
   empty box fails; an absurdly long box fails without being parsed.
 
 Timeouts: math-verify's own timeout uses `signal.alarm` and swallows its expiry into `False` (a silent FAIL).
-We call it with its timeouts off and arm our own timer around the whole check when running in a main
-thread (always true inside the pool's workers), turning expiry into a TIMEOUT verdict. Work stuck inside C
-code (huge integer powers such as `9^{9^{9^{9}}}`) cannot be interrupted by a signal; the pool's hard kill
-covers that case.
+We call it with its timeouts off. Inside the pool's workers the pool's hard kill ends a slow check (TIMEOUT)
+and replaces the worker: interrupting Python code with a signal can leave a half-done import or cache behind
+and poison every later check of that process (seen here: after an interrupted first sympy import, every
+reference "could not be parsed"), so a worker never interrupts itself. Called in-process in a main thread
+(e.g. `same_answer` during evaluation) we arm our own timer, after a warm-up that completes sympy's lazy
+imports, and turn its expiry into a TIMEOUT verdict.
 
 References: a bare answer (`72`, `\\frac{1}{2}`, GSM8K style) or a full solution containing `\\boxed{}`
 (NuminaMath style), whose last box is the answer. Tasks call `check_reference` at load time so a reference
@@ -34,6 +36,7 @@ from typing import Any, Iterator
 
 from treerpo_core.plugins import hookimpl
 from treerpo_core.types import Verdict, VerifyResult
+from treerpo_core.verify_pool import in_worker
 
 # math-verify warns once that its timeouts are off; we time checks ourselves (module docstring)
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -127,7 +130,7 @@ def _show(text: str, limit: int = 60) -> str:
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
     """Raise CheckTimeout after `seconds`, when we own the main thread's timer; otherwise do nothing."""
-    usable = (seconds > 0 and threading.current_thread() is threading.main_thread()
+    usable = (seconds > 0 and not in_worker() and threading.current_thread() is threading.main_thread()
               and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
     if not usable:
         yield
@@ -164,8 +167,10 @@ class BoxedVerifier:
         self.cache_size = cache_size
         self._results: OrderedDict[tuple[str, str], VerifyResult] = OrderedDict()
         self._parsed: OrderedDict[str, list] = OrderedDict()
-        # import and warm up sympy/math-verify here (~0.5 s), so the pool's forked workers inherit it warm
-        self._parse("1")
+        # Import and warm up sympy/math-verify here, with no time limit (~1 s: the first symbolic comparison
+        # pulls in lazily imported sympy modules). An interrupted import would poison the process, and the
+        # pool's forked workers inherit the warm modules, so their first check is not slow either.
+        self._decide("x^2+2x+1", "(x+1)^2")
 
     # -- math-verify, cached ---------------------------------------------------------------------
     def _parse(self, answer: str) -> list:

@@ -29,6 +29,8 @@ def get_backend(name: str, **limit_overrides):
         options = {"pool_size": 2} if name == "docker" else {}
         try:
             _backends[key] = make_backend(name, limits, **options)
+            if name == "docker":
+                _backends[key].warm()  # container start-up is not part of any timed check
         except SandboxUnavailable as exc:
             _backends[key] = exc
     backend = _backends[key]

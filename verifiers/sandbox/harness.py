@@ -30,6 +30,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 import traceback
 
 MAX_LINE = 16 << 20  # largest RPC message accepted from the candidate
@@ -313,7 +314,9 @@ def reap_everything():
     """Docker: kill every other process of this uid (daemons the program left behind) until none is left;
     pid 1 of the container is exempt from kill(-1). False when something kept coming back."""
     me = os.getpid()
-    for _ in range(50):
+    for attempt in range(100):
+        if attempt:
+            time.sleep(0.01)  # SIGKILLed processes take a moment to become zombies
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:

@@ -13,6 +13,7 @@ from treerpo_core import __version__
 COMMANDS = {
     "plugins": "treerpo_cli.plugins_cmd:plugins",
     "verify": "treerpo_cli.verify_cmd:verify",
+    "sandbox": "treerpo_cli.sandbox_cmd:sandbox",
     "eval": "treerpo_cli.eval_cmd:eval_cmd",
     "report": "treerpo_cli.report_cmd:report",
     "run": "treerpo_cli.run_cmd:run",

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: list[str] = [
     "treerpo_tasks.arithmetic",
     "treerpo_tasks.gsm8k",
     "treerpo_tasks.numina",
+    "treerpo_tasks.code",
 ]
 
 # hook name -> plugin kind as shown by `treerpo plugins`

@@ -53,7 +53,7 @@ def image_files(python: str = HOST_PYTHON) -> list[str]:
 
 def build_tar(python: str = HOST_PYTHON) -> bytes:
     """A root filesystem tar: the files above at their host paths, the host's top-level links (/lib64 -> usr/lib64
-    on merged-/usr systems) and empty scratch dirs. Owned by root, deterministic (mtime 0)."""
+    on merged-/usr systems) and empty scratch dirs. Owned by root; file mtimes kept (the .pyc caches check them)."""
     buf = io.BytesIO()
     seen: set[str] = set()
 
@@ -84,8 +84,7 @@ def build_tar(python: str = HOST_PYTHON) -> bytes:
             add_dir(os.path.dirname(name))
             ti = tar.gettarinfo(path, arcname=name)
             ti.uid = ti.gid = 0
-            ti.uname = ti.gname = "root"
-            ti.mtime = 0
+            ti.uname = ti.gname = "root"  # mtimes stay: the stdlib's .pyc files are validated against them
             if ti.issym():
                 tar.addfile(ti)
                 target = os.path.realpath(path)
@@ -94,7 +93,6 @@ def build_tar(python: str = HOST_PYTHON) -> bytes:
                     add_dir(os.path.dirname(tname))
                     tt = tar.gettarinfo(target, arcname=tname)
                     tt.uid = tt.gid = 0
-                    tt.mtime = 0
                     with open(target, "rb") as fh:
                         tar.addfile(tt, fh)
                     seen.add(tname)
@@ -115,14 +113,20 @@ def build_image(client, tag: str = DEFAULT_IMAGE, python: str = HOST_PYTHON, for
 
     data = build_tar(python)
     digest = hashlib.sha256(data).hexdigest()[:16]
-    if not force:
-        try:
-            img = client.images.get(tag)
-            if (img.labels or {}).get("treerpo.sandbox.content") == digest:
-                return img.id, False
-        except docker.errors.ImageNotFound:
-            pass
+    old = None
+    try:
+        old = client.images.get(tag)
+        if not force and (old.labels or {}).get("treerpo.sandbox.content") == digest:
+            return old.id, False
+    except docker.errors.ImageNotFound:
+        pass
     repo, _, version = tag.partition(":")
     changes = ["ENV PATH=/usr/bin:/bin", "ENV LANG=C.UTF-8", "WORKDIR /tmp", f"LABEL treerpo.sandbox.content={digest}"]
     client.api.import_image_from_data(data, repository=repo, tag=version or "latest", changes=changes)
-    return client.images.get(tag).id, True
+    new = client.images.get(tag)
+    if old is not None and old.id != new.id:
+        try:  # the previous build, now untagged; kept if a container still uses it
+            client.images.remove(old.id)
+        except docker.errors.APIError:
+            pass
+    return new.id, True

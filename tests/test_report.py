@@ -119,10 +119,10 @@ def built(tmp_path_factory):
     return run_dir, build_report(run_dir)
 
 
-def page_without_plots(run_dir, max_tree_steps=40) -> str:
+def page_without_plots(run_dir, max_tree_steps=20, max_trees_per_step=8) -> str:
     """The page as build_report renders it, minus the PNG drawing, for tests about the page's text."""
     run = read_run(run_dir)
-    return render_page(run, [], viewer_data(run, max_tree_steps))
+    return render_page(run, [], viewer_data(run, max_tree_steps, max_trees_per_step))
 
 
 def embedded_data(html_text: str) -> dict:
@@ -281,9 +281,13 @@ def test_flat_mode_run_reports_its_samples(tmp_path):
     assert depth_fractions(read_run(run_dir).trees[1]) == {1: 1.0}
 
 
-def test_max_tree_steps_thins_embedded_dumps(run_dir):
-    data = embedded_data(page_without_plots(run_dir, max_tree_steps=1))
-    assert [s["step"] for s in data["steps"]] == [4]
+def test_viewer_limits_thin_the_embedded_dumps_and_say_so(run_dir):
+    page = page_without_plots(run_dir, max_tree_steps=1)
+    assert [s["step"] for s in embedded_data(page)["steps"]] == [4]
+    assert "1 of 3" in page  # trees in the viewer: step 4's one tree of the three dumped
+    page = page_without_plots(run_dir, max_trees_per_step=1)
+    assert [[t["prompt_id"] for t in s["trees"]] for s in embedded_data(page)["steps"]] == [["p0"], ["p0"]]
+    assert "2 of 3" in page
 
 
 def test_prompt_text_decoded_with_checkpoint_tokenizer(run_dir):
@@ -295,7 +299,7 @@ def test_prompt_text_decoded_with_checkpoint_tokenizer(run_dir):
     tok.decoder = tokenizers.decoders.WordPiece(prefix="##")  # joins words with spaces
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(run_dir / "checkpoint-4")
     run = read_run(run_dir)
-    data = viewer_data(run, 40, prompt_decoder(run))
+    data = viewer_data(run, 20, 8, prompt_decoder(run))
     assert data["steps"][0]["trees"][0]["prompt_text"] == "What is 3+4?"  # prompt ids [1, 2, 3]
 
 

@@ -57,9 +57,13 @@ def tree_payload(tree: Tree, decode: Callable[[list[int]], str] | None) -> dict:
     }
 
 
-def viewer_data(run: RunData, max_tree_steps: int, decode=None) -> dict:
+def viewer_data(run: RunData, max_tree_steps: int, max_trees_per_step: int, decode=None) -> dict:
+    """The trees the viewer can show: at most `max_tree_steps` dumped steps (evenly spread) and the first
+    `max_trees_per_step` prompts of each, so a long GPU run with many prompts per step stays browsable."""
     shown = spread_steps(sorted(run.trees), max_tree_steps)
-    return {"steps": [{"step": s, "trees": [tree_payload(t, decode) for t in run.trees[s]]} for s in shown]}
+    return {"steps": [{"step": s, "dumped": len(run.trees[s]),
+                       "trees": [tree_payload(t, decode) for t in run.trees[s][:max_trees_per_step]]}
+                      for s in shown]}
 
 
 def find_tokenizer_dir(run_dir: Path) -> Path | None:
@@ -91,15 +95,19 @@ def _kv_table(rows: list[tuple[str, str]]) -> str:
     return f'<table class="kv">{cells}</table>'
 
 
-def summary_html(run: RunData) -> str:
+def summary_html(run: RunData, data: dict) -> str:
     steps = [m["step"] for m in run.metrics]
     n_trees = sum(len(t) for t in run.trees.values())
+    n_shown = sum(len(s["trees"]) for s in data["steps"])
     rows = [
         ("run directory", str(run.run_dir.resolve())),
         ("mode", "flat (GRPO samples)" if run.mode == "flat" else "tree (TreeRPO)"),
         ("steps logged", f"{len(steps)} (steps {steps[0]}–{steps[-1]})" if steps else "none yet"),
         ("tree dumps", f"{len(run.trees)} steps, {n_trees} trees" if run.trees else "none yet"),
     ]
+    if n_shown < n_trees:
+        rows.append(("trees in the viewer", f"{n_shown} of {n_trees} ({len(data['steps'])} steps evenly spread; "
+                                            "see --max-tree-steps, --max-trees-per-step)"))
     if run.metrics:
         last = run.metrics[-1]
         rows += [(f"{key} at step {last['step']}", f"{last[key]:.4g}") for key in HEADLINE_METRICS if key in last]
@@ -138,7 +146,7 @@ def render_page(run: RunData, plots: list[Plot], data: dict) -> str:
         "run_name": html.escape(run.run_dir.resolve().name),
         "status": "finished (summary.json written)" if finished else "in progress (no summary.json yet)",
         "status_class": "finished" if finished else "in-progress",
-        "summary": summary_html(run),
+        "summary": summary_html(run, data),
         "plots": plots_html(plots),
         "config": config_html(run),
         "data": script_json(data),

@@ -201,7 +201,10 @@
     stepSelect.disabled = promptSelect.disabled = true;
     return;
   }
-  DATA.steps.forEach((s, i) => option(stepSelect, i, `step ${s.step} · ${s.trees.length} prompt${s.trees.length === 1 ? "" : "s"}`));
+  DATA.steps.forEach((s, i) => {
+    const count = s.trees.length < s.dumped ? `${s.trees.length} of ${s.dumped} prompts` : `${s.dumped} prompt${s.dumped === 1 ? "" : "s"}`;
+    option(stepSelect, i, `step ${s.step} · ${count}`);
+  });
   stepSelect.value = String(DATA.steps.length - 1);  // the latest dump is what one usually wants to see
   fillPrompts();
   showTree();

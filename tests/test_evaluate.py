@@ -192,6 +192,68 @@ def test_greedy_generation_is_deterministic_and_independent_of_batching(varied_m
     assert generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=3) == batched
 
 
+def test_greedy_decoding_matches_transformers_generate(varied_model):
+    """The own decode loop (rows leave the batch at EOS) must produce what `model.generate` produces for each
+    prompt alone, unpadded: the reference implementation of greedy decoding."""
+    from transformers import GenerationConfig
+
+    model, tokenizer = varied_model
+    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in make_examples(["pass"] * 3)]
+    prompts[0] = prompts[0] + prompts[0][:7]
+    ours = generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=3)
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id)
+    for p, text in zip(prompts, ours):
+        ref = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             generation_config=cfg)
+        assert text == tokenizer.decode(ref[0, len(p):], skip_special_tokens=True)
+
+
+def test_finished_rows_leave_the_batch_and_stop_at_eos():
+    """A fake model whose row r emits EOS after r + 1 tokens: each row stops there, and the forward passes
+    see the batch shrink as rows finish."""
+    from treerpo_core.evaluate import decode_batch
+
+    EOS, V = 0, 5
+    batch_sizes = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask, position_ids, cache=None, use_cache=True, logits_to_keep=0):
+            batch_sizes.append(input_ids.shape[0])
+            rows = cache["rows"] if cache else torch.arange(input_ids.shape[0])
+            steps = (cache["steps"] + 1) if cache else 0
+            logits = torch.full((input_ids.shape[0], 1, V), -1e9)
+            for i, r in enumerate(rows.tolist()):
+                logits[i, 0, EOS if steps >= r else 3] = 0.0
+            new = {"rows": rows, "steps": steps}
+            return type("Out", (), {"logits": logits, "cache": _Selectable(new)})()
+
+    class _Selectable(dict):
+        def batch_select_indices(self, keep):
+            self["rows"] = self["rows"][keep]
+
+    out = decode_batch(Counting(), [[1, 2], [1], [2, 2, 2]], pad_id=4, eos_ids=[EOS], max_new_tokens=10)
+    assert out == [[EOS], [3, EOS], [3, 3, EOS]]
+    assert batch_sizes == [3, 2, 1]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    from treerpo_core.evaluate import _next_token
+
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])  # sorted: 0.5, 0.3 (cumulative 0.8), 0.15, 0.05
+    logits = probs.log().expand(4000, 4)
+    g = torch.Generator().manual_seed(0)
+    draws = _next_token(logits, 1.0, 0.8, g)
+    assert set(draws.tolist()) == {1, 3}  # tokens 2 and 0 lie past the 0.8 nucleus
+    assert (draws == 1).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.03)  # renormalised
+    assert set(_next_token(logits, 1.0, 0.5, g).tolist()) == {1}  # the top token alone reaches 0.5
+    assert _next_token(logits, 0.0, 0.8, g).tolist() == [1] * 4000  # temperature 0: argmax
+
+
 def test_greedy_accuracy_counts_verdicts_and_restores_train_mode(varied_model, pool):
     model, tokenizer = varied_model
     model.train()

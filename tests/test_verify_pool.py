@@ -147,6 +147,20 @@ def test_worker_dying_mid_check_is_error_and_replaced(registered):
     assert results[1].verdict is Verdict.PASS
 
 
+def test_unpicklable_metadata_is_error_for_that_item_only(registered):
+    with VerifierPool("scripted", workers=1) as pool:
+        results = pool.verify([item("x"), item("x", callback=lambda: None), item("y")])
+    assert [r.verdict for r in results] == [Verdict.PASS, Verdict.ERROR, Verdict.FAIL]
+    assert "cannot be sent" in results[1].reason
+
+
+def test_rest_of_a_chunk_survives_a_timeout(registered):
+    # one worker gets all items in one chunk; the hang in the middle must not take the later ones with it
+    with VerifierPool("scripted", workers=1, timeout_s=0.5) as pool:
+        results = pool.verify([item("x"), item("forever"), item("x"), item("y"), item("x")])
+    assert [r.verdict for r in results] == [Verdict.PASS, Verdict.TIMEOUT, Verdict.PASS, Verdict.FAIL, Verdict.PASS]
+
+
 def test_checks_run_in_parallel(registered):
     n, workers, sleep = 8, 4, 0.3
     with VerifierPool("scripted", workers=workers, timeout_s=5) as pool:

@@ -20,9 +20,11 @@ Workers start lazily on the first `verify` and are reused across calls (the trai
 
 from __future__ import annotations
 
+import collections
 import inspect
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import sys
 import time
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 # the keyword arguments the core may pass to a verifier factory, when the factory names them
 CORE_KWARGS = ("sandbox", "timeout_s")
+MAX_CHUNK = 8  # items per message to a worker: fewer process switches, still balanced at the end of a batch
 
 _in_worker = False
 
@@ -96,7 +99,8 @@ def _check_one(verifier: Any, item: dict) -> VerifyResult:
 
 
 def _worker_main(conn: Connection, verifier: Any, parent_pid: int, inherited: list[Connection]) -> None:
-    """Worker loop: receive (index, item), send (index, VerifyResult), until EOF or the parent is gone."""
+    """Worker loop: receive a chunk [(index, item), ...], send (index, VerifyResult) after each check, until
+    EOF or the parent is gone. Results stream back one by one, so the parent can time each check."""
     global _in_worker
     _in_worker = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
@@ -111,14 +115,17 @@ def _worker_main(conn: Connection, verifier: Any, parent_pid: int, inherited: li
                 if os.getppid() != parent_pid:  # orphaned: the parent died without closing us
                     return
                 continue
-            index, item = conn.recv()
+            chunk = conn.recv()
         except (EOFError, OSError):
             return
-        result = _check_one(verifier, item)
-        try:
-            conn.send((index, result))
-        except Exception as exc:  # e.g. a verifier put something unpicklable in the reason
-            conn.send((index, VerifyResult(Verdict.ERROR, f"result could not be sent back: {type(exc).__name__}: {exc}")))
+        for index, item in chunk:
+            result = _check_one(verifier, item)
+            try:
+                conn.send((index, result))
+            except (EOFError, OSError):
+                return
+            except Exception as exc:  # e.g. a verifier put something unpicklable in the reason
+                conn.send((index, VerifyResult(Verdict.ERROR, f"result could not be sent back: {type(exc).__name__}: {exc}")))
 
 
 class _Worker:
@@ -128,8 +135,8 @@ class _Worker:
                                 daemon=True, name="treerpo-verify")
         self.proc.start()
         child.close()
-        self.index: int | None = None  # item being checked, None when idle
-        self.deadline = 0.0
+        self.chunk: collections.deque[int] = collections.deque()  # indices sent and not answered yet, in order
+        self.deadline = 0.0  # when the check at the head of `chunk` runs out of time
 
     def kill(self) -> None:
         try:
@@ -201,51 +208,83 @@ class VerifierPool:
         self.replaced += 1
 
     def _verify_in_workers(self, items: list[dict]) -> list[VerifyResult]:
+        """Items go out in chunks (one message per chunk, so a loaded machine does not pay a process switch per
+        check) and each result comes back as soon as it is known, so a hang is pinned on the right check. The
+        check at the head of a worker's chunk has `timeout_s` from the moment the previous result arrived (never
+        less than its real running time); past it the worker is killed, that check is TIMEOUT and the rest of
+        its chunk goes back to the queue."""
         while len(self._pool) < min(self.workers, len(items)):  # lazily, and no more than there is work for
             self._pool.append(self._spawn())
         results: list[VerifyResult | None] = [None] * len(items)
-        todo = iter(range(len(items)))
+        queue = collections.deque(range(len(items)))
         pending = len(items)
         while pending:
-            for w in self._pool:
-                if w.index is None:
-                    i = next(todo, None)
-                    if i is None:
-                        break
-                    try:
-                        w.conn.send((i, items[i]))
-                    except Exception as exc:  # unpicklable metadata, or a worker that already died
-                        results[i] = VerifyResult(Verdict.ERROR, f"could not send the item to a worker: {type(exc).__name__}: {exc}")
-                        pending -= 1
-                        if not isinstance(exc, (TypeError, AttributeError, ValueError)) or not w.proc.is_alive():
-                            self._replace(w)
-                        continue
-                    w.index, w.deadline = i, time.monotonic() + self.timeout_s
-            busy = [w for w in self._pool if w.index is not None]
+            for w in list(self._pool):
+                if w.chunk or not queue:
+                    continue
+                size = min(MAX_CHUNK, -(-len(queue) // len(self._pool)))
+                chunk = [queue.popleft() for _ in range(size)]
+                try:
+                    w.conn.send([(i, items[i]) for i in chunk])
+                except OSError:  # the worker died while idle: a fresh one takes the chunk
+                    queue.extendleft(reversed(chunk))
+                    self._replace(w)
+                    continue
+                except Exception as exc:  # unpicklable metadata (nothing was written to the pipe)
+                    pending -= self._unsendable(chunk, items, results, queue, exc)
+                    continue
+                w.chunk.extend(chunk)
+                w.deadline = time.monotonic() + self.timeout_s
+            busy = [w for w in self._pool if w.chunk]
             if not busy:
                 continue
-            now = time.monotonic()
-            ready = wait([w.conn for w in busy], timeout=max(0.0, min(w.deadline for w in busy) - now))
+            ready = wait([w.conn for w in busy], timeout=max(0.0, min(w.deadline for w in busy) - time.monotonic()))
             for w in busy:
                 if w.conn in ready:
                     try:
-                        index, result = w.conn.recv()
+                        while w.chunk and w.conn.poll():  # drain: a busy parent takes several at one wake-up
+                            index, result = w.conn.recv()
+                            if index != w.chunk[0]:
+                                raise RuntimeError(f"worker answered item {index}, expected {w.chunk[0]}")
+                            w.chunk.popleft()
+                            results[index] = result
+                            pending -= 1
+                            w.deadline = time.monotonic() + self.timeout_s
                     except (EOFError, OSError):  # the worker died mid-check (segfault, os._exit, OOM kill)
                         w.proc.join(timeout=1)
-                        results[w.index] = VerifyResult(
-                            Verdict.ERROR, f"verifier worker died during the check (exit code {w.proc.exitcode})")
-                        pending -= 1
-                        self._replace(w)
-                        continue
-                    results[index] = result
-                    pending -= 1
-                    w.index = None
+                        pending -= self._give_up(w, queue, results, VerifyResult(
+                            Verdict.ERROR, f"verifier worker died during the check (exit code {w.proc.exitcode})"))
                 elif time.monotonic() >= w.deadline:
-                    results[w.index] = VerifyResult(
-                        Verdict.TIMEOUT, f"check ran past verifier.timeout_s={self.timeout_s:g}s; worker killed")
-                    pending -= 1
-                    self._replace(w)
+                    pending -= self._give_up(w, queue, results, VerifyResult(
+                        Verdict.TIMEOUT, f"check ran past verifier.timeout_s={self.timeout_s:g}s; worker killed"))
         return results  # type: ignore[return-value]
+
+    def _give_up(self, w: _Worker, queue: collections.deque, results: list, verdict: VerifyResult) -> int:
+        """The head of `w`'s chunk gets `verdict`; the rest goes back to the front of the queue; `w` is replaced."""
+        results[w.chunk.popleft()] = verdict
+        queue.extendleft(reversed(w.chunk))
+        w.chunk.clear()
+        self._replace(w)
+        return 1
+
+    @staticmethod
+    def _unsendable(chunk: list[int], items: list[dict], results: list, queue: collections.deque, exc: Exception) -> int:
+        """A chunk failed to pickle: items that cannot be pickled get ERROR, the others go back to the queue (if
+        none fails alone, the whole chunk gets ERROR, so the loop always makes progress)."""
+        bad = {}
+        for i in chunk:
+            try:
+                pickle.dumps(items[i])
+            except Exception as item_exc:
+                bad[i] = item_exc
+        if not bad:
+            bad = dict.fromkeys(chunk, exc)
+        for i in reversed(chunk):
+            if i in bad:
+                results[i] = VerifyResult(Verdict.ERROR, f"item cannot be sent to a worker: {type(bad[i]).__name__}: {bad[i]}")
+            else:
+                queue.appendleft(i)
+        return len(bad)
 
     # -- lifetime --------------------------------------------------------------------------------
     def close(self) -> None:

@@ -10,12 +10,16 @@ Why fork: the workers need the verifier object itself, including ones registered
 (`plugins.plugin_registered`) or by a third-party entry point. Forking copies the parent's already-built
 verifier into the child, so nothing has to be pickled or re-imported, and a factory that only exists in
 the parent's memory still works. The child only runs `verify` (pure Python: parsing, sympy, subprocesses),
-never torch or CUDA, which is what makes forking a trainer process safe here.
+never torch or CUDA, which is what makes forking a trainer process safe here. (Python 3.12+ warns that
+forking a multi-threaded process may deadlock the child, e.g. on a lock another thread held at fork time;
+such a child would simply run past its limit and be killed and replaced like any hung check.)
 
 Verifiers that bring their own `verify_batch` (the code verifier runs its own sandboxes in parallel, with
 its own timeouts) are called in-process instead; their results are still checked for shape and type.
 
 Workers start lazily on the first `verify` and are reused across calls (the trainer grades every step).
+Measured (benchmarks/verifiers.py, GSM8K-length solutions, timeouts on): on 2 quiet cores, 2 workers grade
+~1500 `boxed` checks/s, 1.1x one in-process loop without a hard limit; 8 workers on 16 cores ~6900/s.
 """
 
 from __future__ import annotations

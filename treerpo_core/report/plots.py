@@ -122,9 +122,11 @@ def _step_axis(ax, steps: list[int]) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def metric_lines(keys: dict[str, str], title: str, ylabel: str, smooth: bool = False, from_zero: bool = False):
+def metric_lines(keys: dict[str, str], title: str, ylabel: str, smooth: bool = False, from_zero: bool = False,
+                 y_range: tuple[float, float] | None = None):
     """A panel of one line per metric key (key -> legend label); with `smooth`, a moving average on top;
-    with `from_zero` (counts, times, fractions), the y axis starts at 0 so sizes read as proportions."""
+    with `from_zero` (counts, times), the y axis starts at 0 so sizes read as proportions; `y_range` fixes
+    the axis of a bounded quantity, so a flat 0 reward reads as 0 out of 1, not as a zoomed-in line."""
 
     def panel(run: RunData) -> Figure | None:
         drawn = [(label, *series(run.metrics, key)) for key, label in keys.items()]
@@ -143,6 +145,8 @@ def metric_lines(keys: dict[str, str], title: str, ylabel: str, smooth: bool = F
         _step_axis(ax, [s for _, steps, _ in drawn for s in steps])
         if from_zero:
             ax.set_ylim(bottom=0)
+        if y_range is not None:
+            ax.set_ylim(*y_range)
         if len(drawn) > 1 or smooth:
             ax.legend(fontsize="small")
         return fig
@@ -218,7 +222,7 @@ class Panel:
 PANELS = [
     Panel("reward", "(a) Mean leaf reward",
           metric_lines({"reward_mean": "mean leaf reward"}, "(a) Mean leaf reward per step",
-                       "reward (fraction of leaves passing)", smooth=True, from_zero=True)),
+                       "reward (fraction of leaves passing)", smooth=True, y_range=(-0.02, 1.02))),
     Panel("loss", "(b) Loss", metric_lines({"loss": "loss"}, "(b) Policy loss (clipped surrogate)", "loss")),
     Panel("tree_size", "(c) Tree size",
           metric_lines({"tree/leaves": "leaves"}, "(c) Tree size per step", "leaves per prompt", from_zero=True)),

@@ -14,7 +14,7 @@ from treerpo_core.config import LossConfig
 from treerpo_core.logprobs import token_logprobs
 from treerpo_core.loss import PolicyLoss, accumulate_policy_gradient
 from treerpo_core.models import load_model
-from treerpo_core.packing import (PackingError, ancestor_mask, attention_mask_for, build_pack, chunked_logprobs, pack_logprobs,
+from treerpo_core.packing import (PackingError, ancestor_mask, build_pack, chunked_logprobs, pack_logprobs,
                                   plan_packs, tree_logprobs)
 from treerpo_core.types import Node, Tree
 
@@ -181,7 +181,7 @@ def test_model_honours_the_mask(model):
     n = len(pack)
     with torch.no_grad():
         packed = pack_logprobs(model, pack, temperature=TEMPERATURE)[2]
-        causal = attention_mask_for(model, torch.ones(n, n, dtype=torch.bool).tril(), torch.float32)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()[None, None]  # the form SDPA takes
         logits = model(pack.input_ids[None], attention_mask=causal, position_ids=pack.position_ids[None]).logits[0]
         leaked = token_logprobs(logits[[1, 5]], pack.input_ids[5:7], TEMPERATURE)
         reference = per_path_logprobs(model, tree)[2]
@@ -209,6 +209,16 @@ def test_eager_attention_gets_an_additive_mask(model):
     with torch.no_grad():
         assert _max_diff(tree_logprobs(eager, tree, temperature=TEMPERATURE, max_packed_tokens=4096),
                          per_path_logprobs(model, tree)) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention compiles for minutes on CPU")
+def test_flex_attention_gets_a_block_mask(model):
+    flex = copy.deepcopy(model).cuda()
+    flex.set_attn_implementation("flex_attention")
+    tree = random_tree(2)
+    with torch.no_grad():
+        got = {k: v.cpu() for k, v in tree_logprobs(flex, tree, temperature=TEMPERATURE, max_packed_tokens=40).items()}
+        assert _max_diff(got, per_path_logprobs(model, tree)) < 1e-4
 
 
 def test_attention_that_ignores_the_mask_is_refused(model):

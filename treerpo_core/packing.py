@@ -22,13 +22,12 @@ from torch.utils.checkpoint import checkpoint
 from .logprobs import token_logprobs
 from .types import Tree
 
-# Attention implementations that take a custom 4-D mask, and the mask form each wants. In transformers
-# 5.24 `masking_utils._preprocess_mask_arguments` returns any 4-D mask unchanged; SDPA passes it to
-# `scaled_dot_product_attention` as `attn_mask` (bool: True = attend), while the eager path *adds* it to
-# the attention scores, so eager needs an additive float mask (a bool mask there would be silently wrong).
-# Others are refused: flash_attention_2/3 take no arbitrary mask and would silently drop the tree structure.
-MASK_FORMS = ("sdpa", "eager")
-
+# Attention implementations that take a custom mask, each with the mask form it honours (below). In
+# transformers 5.24 `masking_utils._preprocess_mask_arguments` returns any 4-D mask (tensor or BlockMask)
+# unchanged; SDPA passes it to `scaled_dot_product_attention` as `attn_mask` (bool: True = attend), the eager
+# path *adds* it to the attention scores (a bool mask there would be silently wrong), and flex_attention takes
+# a BlockMask. Others are refused: flash_attention_2/3 take no arbitrary mask and would silently attend
+# across sibling branches.
 # output-logit transforms some model families apply after lm_head; we apply lm_head ourselves, so a model
 # with one of these would get wrong log-probs
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -151,17 +150,41 @@ def ancestor_mask(slot: torch.Tensor, slot_visible: torch.Tensor) -> torch.Tenso
     return slot_visible.to(slot.device)[slot[:, None], slot[None, :]] & causal
 
 
-def attention_mask_for(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """mask [L, L] bool -> [1, 1, L, L] in the form the model's attention implementation honours."""
+def sdpa_mask(slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return ancestor_mask(slot, slot_visible)[None, None]  # [1, 1, L, L] bool, True = attend
+
+
+def eager_mask(slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    mask = ancestor_mask(slot, slot_visible)
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return additive.masked_fill(~mask, torch.finfo(dtype).min)[None, None]  # [1, 1, L, L], 0 = attend
+
+
+def flex_block_mask(slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch.dtype):
+    """A BlockMask evaluated from the slots block by block: memory linear in the pack, no [L, L] tensor.
+    (flex_attention compiles its kernel; use it on a GPU, it is very slow to compile on CPU.)"""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    visible = slot_visible.to(slot.device)
+
+    def mask_mod(batch, head, q, kv):
+        return visible[slot[q], slot[kv]] & (kv <= q)
+
+    n = slot.numel()
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=slot.device)
+
+
+MASK_FORMS = {"sdpa": sdpa_mask, "eager": eager_mask, "flex_attention": flex_block_mask}
+
+
+def attention_mask_for(model, slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch.dtype):
+    """The ancestor mask in the form the model's attention implementation honours; refuses the others."""
     impl = _unwrap(model).config._attn_implementation
-    if impl == "sdpa":
-        return mask[None, None]
-    if impl == "eager":
-        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return additive.masked_fill(~mask, torch.finfo(dtype).min)[None, None]
-    raise PackingError(
-        f"attn_implementation={impl!r} cannot take the tree's 4-D ancestor mask (it would attend across sibling "
-        f"branches); load the model with model.attn_implementation set to one of {', '.join(MASK_FORMS)}")
+    if impl not in MASK_FORMS:
+        raise PackingError(
+            f"attn_implementation={impl!r} cannot take the tree's 4-D ancestor mask (it would attend across "
+            f"sibling branches); load the model with model.attn_implementation set to one of {', '.join(MASK_FORMS)}")
+    return MASK_FORMS[impl](slot, slot_visible, dtype)
 
 
 # -- forward ---------------------------------------------------------------------------------------
@@ -220,8 +243,7 @@ def pack_logprobs(model, pack: Pack, *, temperature: float, chunk_size: int = 51
     inner = _unwrap(model)
     device = next(inner.parameters()).device
     dtype = next(inner.parameters()).dtype
-    slot = pack.slot.to(device)
-    mask = attention_mask_for(model, ancestor_mask(slot, pack.slot_visible), dtype)
+    mask = attention_mask_for(model, pack.slot.to(device), pack.slot_visible, dtype)
     input_ids = pack.input_ids.to(device)
     hidden = final_hidden_states(model, input_ids, mask, pack.position_ids.to(device))  # [L, H]
     rows = torch.cat([pack.predictors[nid] for nid in pack.wanted]).to(device)  # [N]

@@ -29,5 +29,4 @@ def report(run_dir, output_dir, max_tree_steps, max_trees_per_step, no_prompt_te
                              decode_prompts=not no_prompt_text)
     except ReportError as exc:
         raise click.UsageError(str(exc)) from exc
-    pngs = sorted(p.name for p in index.parent.glob("*.png"))
-    click.echo(f"wrote {len(pngs)} plots and {index}; open file://{index.resolve()} in a browser")
+    click.echo(f"wrote {index} and the plots beside it; open file://{index.resolve()} in a browser")

@@ -100,6 +100,7 @@ def test_clicking_a_node_shows_its_fields_and_path(synthetic_index, open_report)
     assert page.locator("#tree-canvas .edge.on-path").count() == 2  # root->1, 1->4
 
     ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#trees").evaluate("section => section.scrollIntoView()")
     page.screenshot(path=str(ARTIFACTS / "report_viewer.png"), full_page=False)
     page.locator("#trees").screenshot(path=str(ARTIFACTS / "report_viewer_trees.png"))
     assert errors == []

@@ -195,9 +195,9 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        position_ids: torch.Tensor) -> torch.Tensor:
-    """input_ids [L], attention_mask [1, 1, L, L], position_ids [L] -> hidden [L, H] (after the final norm).
+def final_hidden_states(model, input_ids: torch.Tensor, attention_mask, position_ids: torch.Tensor) -> torch.Tensor:
+    """input_ids [L], attention_mask [1, 1, L, L] (tensor or BlockMask), position_ids [L] -> hidden [L, H]
+    (after the final norm).
 
     The call goes through `model` itself, not its inner base model, so a DDP wrapper's forward still runs
     and registers the gradient hooks; `logits_to_keep=1` keeps its own lm_head to a single row, and a

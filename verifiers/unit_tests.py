@@ -85,11 +85,12 @@ class UnitTestsVerifier:
 
     def __init__(self, *, sandbox: str = "bwrap", timeout_s: float = 5.0, concurrency: int | None = None,
                  memory_mb: int = 512, max_procs: int = 32, output_kb: int = 1024, tmp_mb: int = 64,
-                 image: str | None = None, python: str | None = None):
+                 image: str | None = None, python: str | None = None, site_packages: bool = False):
         self.limits = Limits(timeout_s=float(timeout_s), memory_mb=int(memory_mb), max_procs=int(max_procs),
                              output_bytes=int(output_kb) << 10, tmp_mb=int(tmp_mb))
         self.concurrency = int(concurrency or max(2, os.cpu_count() or 2))
-        options: dict[str, Any] = {}
+        # site_packages: let the program import the sandbox interpreter's installed packages (slower start)
+        options: dict[str, Any] = {"site_packages": bool(site_packages)} if sandbox != "local" else {}
         if python:
             options["python"] = python
         if sandbox == "docker":

@@ -36,9 +36,12 @@ def system_mounts(python: str) -> list[str]:
 class BwrapBackend(Backend):
     name = "bwrap"
 
-    def __init__(self, limits: Limits | None = None, *, python: str = "/usr/bin/python3", bwrap: str | None = None):
+    def __init__(self, limits: Limits | None = None, *, python: str = "/usr/bin/python3", bwrap: str | None = None,
+                 site_packages: bool = False):
         super().__init__(limits)
         self.python = python
+        # -S (no site module) saves ~20 ms a check; the program then sees the standard library only
+        self.python_flags = ["-I"] if site_packages else ["-I", "-S"]
         self.bwrap = bwrap or shutil.which("bwrap") or "/usr/bin/bwrap"
 
     def check_available(self) -> None:
@@ -60,7 +63,7 @@ class BwrapBackend(Backend):
         cmd += ["--remount-ro", "/"]  # bwrap's root is a tmpfs: without this it is unbounded scratch space
         cmd += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
                 "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
-        return cmd + ["--", self.python, "-I", "-c", HARNESS_SOURCE]
+        return cmd + ["--", self.python, *self.python_flags, "-c", HARNESS_SOURCE]
 
     def _run(self, data: bytes) -> RawRun:
         self.check_available()

@@ -94,8 +94,8 @@ class _Container:
             ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)], auto_remove=True, ipc_mode="private")
         self.runs = 0
 
-    def exec(self, api, python: str, data: bytes, timeout_s: float) -> RawRun:
-        exec_id = api.exec_create(self.c.id, [python, "-I", "-c", HARNESS_SOURCE], stdin=True, stdout=True,
+    def exec(self, api, python: list[str], data: bytes, timeout_s: float) -> RawRun:
+        exec_id = api.exec_create(self.c.id, [*python, "-c", HARNESS_SOURCE], stdin=True, stdout=True,
                                   stderr=True, user=f"{self.uid}:{self.uid}", workdir="/tmp")["Id"]
         sock = api.exec_start(exec_id, socket=True)
         raw_sock = getattr(sock, "_sock", sock)
@@ -146,8 +146,10 @@ class DockerPoolBackend(Backend):
     reaps = True  # containers outlive one check: the harness must clean up after the program
 
     def __init__(self, limits: Limits | None = None, *, image: str = DEFAULT_IMAGE, pool_size: int = 2,
-                 max_runs: int = 200, python: str = "python3", cpus: float = 1.0, idle_s: int = 600):
+                 max_runs: int = 200, python: str = "python3", cpus: float = 1.0, idle_s: int = 600,
+                 site_packages: bool = False):
         super().__init__(limits)
+        self.python_flags = ["-I"] if site_packages else ["-I", "-S"]  # -S: faster start, stdlib only
         self.image, self.pool_size, self.max_runs = image, int(pool_size), int(max_runs)
         self.python, self.cpus, self.idle_s = python, float(cpus), int(idle_s)
         self.client = None
@@ -231,7 +233,7 @@ class DockerPoolBackend(Backend):
         for attempt in (0, 1):
             c = self._acquire()
             try:
-                raw = c.exec(self.client.api, self.python, data, self.limits.timeout_s)
+                raw = c.exec(self.client.api, [self.python, *self.python_flags], data, self.limits.timeout_s)
             except Exception:
                 self._release(c, retire=True)  # e.g. the container exited after idling: use a fresh one
                 if attempt:

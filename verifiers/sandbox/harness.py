@@ -31,7 +31,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 
 MAX_LINE = 16 << 20  # largest RPC message accepted from the candidate
 
@@ -129,6 +128,16 @@ class LineReader:
             self.buf += b
 
 
+def lines_in(tb, filename):
+    """Line numbers of `filename`'s frames in a traceback, outermost first (the traceback module is slow to import)."""
+    out = []
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            out.append(tb.tb_lineno)
+        tb = tb.tb_next
+    return out
+
+
 def write_all(fd, data):
     while data:
         data = data[os.write(fd, data):]
@@ -164,8 +173,8 @@ def candidate(req, call_r, reply_w, out_w):
         send({"loaded": False, "error": f"the program called exit({e.code!r}) while loading, before any test ran"})
         os._exit(0)
     except BaseException as e:
-        tb = traceback.extract_tb(e.__traceback__)
-        where = next((f" (line {f.lineno})" for f in reversed(tb) if f.filename == "<solution>"), "")
+        lines = lines_in(e.__traceback__, "<solution>")
+        where = f" (line {lines[-1]})" if lines else ""
         if isinstance(e, SyntaxError):
             where = f" (line {e.lineno})"
         send({"loaded": False, "error": f"{type(e).__name__}: {e}{where}"})
@@ -303,10 +312,9 @@ class Judge:
 
     @staticmethod
     def test_line(exc, lines):
-        tb = traceback.extract_tb(exc.__traceback__)
-        for f in reversed(tb):
-            if f.filename == "<tests>" and 0 < f.lineno <= len(lines):
-                return f"line {f.lineno}: {lines[f.lineno - 1].strip()[:300]}"
+        for n in reversed(lines_in(exc.__traceback__, "<tests>")):
+            if 0 < n <= len(lines):
+                return f"line {n}: {lines[n - 1].strip()[:300]}"
         return "in the tests"
 
 

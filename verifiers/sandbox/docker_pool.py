@@ -252,8 +252,11 @@ class DockerPoolBackend(Backend):
     def close(self) -> None:
         with self._lock:
             containers, self._all = list(self._all), set()
-        for c in containers:
-            c.remove()
+        removers = [threading.Thread(target=c.remove) for c in containers]  # each takes seconds with vfs
+        for t in removers:
+            t.start()
+        for t in removers:
+            t.join()
         while not self._idle.empty():
             self._idle.get_nowait()
         _open_pools.discard(self)

@@ -22,19 +22,18 @@ class SkippedRowsWarning(UserWarning):
 
 
 def keep_checkable(examples: Iterable[tuple[int, Example]], where: str) -> Iterator[Example]:
-    """Yield the examples whose reference math-verify can parse; warn once, at the end, with the count and the
+    """Yield the examples whose reference the `boxed` verifier can grade; warn once, with the count and the
     first row indices of those skipped (a bad reference would otherwise reward every completion with 0)."""
-    from treerpo_verifiers.boxed import check_reference
+    from treerpo_verifiers.boxed import check_references
 
-    skipped: list[tuple[int, str]] = []
-    for row_index, ex in examples:
-        problem = check_reference(ex.reference)
+    rows = list(examples)
+    problems = check_references([ex.reference for _, ex in rows])
+    skipped = [(i, p) for (i, _), p in zip(rows, problems) if p is not None]
+    if skipped:
+        warn_skipped(where, skipped, "whose reference cannot be graded")
+    for (_, ex), problem in zip(rows, problems):
         if problem is None:
             yield ex
-        else:
-            skipped.append((row_index, problem))
-    if skipped:
-        warn_skipped(where, skipped, "whose reference math-verify cannot parse")
 
 
 def warn_skipped(where: str, skipped: list[tuple[int, str]], why: str) -> None:

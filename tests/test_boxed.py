@@ -178,6 +178,31 @@ def test_check_reference(reference, ok):
     assert (check_reference(reference) is None) == ok
 
 
+def test_reference_must_pass_against_itself():
+    assert check_reference("\\frac{1}{2}") is None
+    assert check_reference("\\text{hello}{") == "unbalanced braces"
+    assert check_reference("\\sqrt{}").startswith("ERROR: math-verify cannot parse the reference")
+
+
+def test_many_references_are_checked_in_a_pool_with_the_same_answers(monkeypatch):
+    refs = ["72", "\\frac{1}{2}", "\\boxed{", "\\sqrt{}", "x^2 + 1", "", "\\{1, 2\\}"]
+    expected = [check_reference(r) is None for r in refs]
+    assert expected == [True, True, False, False, True, False, True]
+    monkeypatch.setattr(boxed_module, "SELF_CHECK_IN_PROCESS", 1)  # force the pool
+    monkeypatch.setattr(boxed_module, "VerifierPool", CountingPool)
+    got = boxed_module.check_references(refs, workers=2)
+    assert [p is None for p in got] == expected
+    assert CountingPool.items == 4  # plain numbers and unbalanced/empty references never reach sympy
+
+
+class CountingPool(VerifierPool):
+    items = 0
+
+    def verify(self, items):
+        CountingPool.items += len(items)
+        return super().verify(items)
+
+
 def test_gsm8k_style_plain_numbers_skip_sympy(monkeypatch):
     monkeypatch.setattr(boxed_module, "_shared_checker", lambda: pytest.fail("parsed a plain number"))
     assert check_reference("1234") is None

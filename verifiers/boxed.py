@@ -27,6 +27,7 @@ math-verify cannot parse is skipped with a warning instead of silently rewarding
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -36,7 +37,7 @@ from typing import Any, Iterator
 
 from treerpo_core.plugins import hookimpl
 from treerpo_core.types import Verdict, VerifyResult
-from treerpo_core.verify_pool import in_worker
+from treerpo_core.verify_pool import VerifierPool, in_worker
 
 # math-verify warns once that its timeouts are off; we time checks ourselves (module docstring)
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -269,26 +270,61 @@ class BoxedVerifier:
         return VerifyResult(Verdict.FAIL, f"{_show(answer)} does not equal {_show(ref)}")
 
 
-def check_reference(reference: Any, verifier: BoxedVerifier | None = None) -> str | None:
-    """Why math-verify cannot use this reference, or None when it can. Tasks call this while loading, so a bad
-    reference is skipped with a warning rather than turned into a reward of 0 for every completion."""
+# -- reference checks at task load time --------------------------------------------------------------
+
+SELF_CHECK_IN_PROCESS = 200  # up to this many references are checked in-process; more go through a pool
+
+
+def _self_check_item(reference: Any) -> dict:
+    """A completion that boxes the reference's own answer: a usable reference must PASS against itself."""
+    return {"completion": "\\boxed{" + reference_answer(reference) + "}", "reference": reference}
+
+
+def _problem(result: VerifyResult) -> str | None:
+    return None if result.verdict is Verdict.PASS else f"{result.verdict.value}: {result.reason}"
+
+
+def _quick_problem(reference: Any) -> str | None | bool:
+    """A verdict that needs no sympy: a reason, None (fine), or False (needs the full self-check)."""
     try:
         ref = reference_answer(reference)
     except ValueError as exc:
         return str(exc)
     if not ref:
         return "empty reference"
-    if _PLAIN_NUMBER.fullmatch(ref):  # GSM8K's 7.5k integer answers: no need to start sympy
+    if _PLAIN_NUMBER.fullmatch(ref):  # GSM8K's integer answers: no need to start sympy
         return None
-    v = verifier or _shared_checker()
-    try:
-        with _time_limit(v.time_budget_s):
-            usable = v._usable(v._parse(normalize_answer(ref)))
-    except CheckTimeout:
-        return f"math-verify took over {v.time_budget_s:.2g}s to parse it"
-    except RecursionError:
-        return "nested too deeply to parse"
-    return None if usable else f"math-verify cannot parse {_show(ref)}"
+    if find_last_box("\\boxed{" + ref + "}")[0] != ref:
+        return "unbalanced braces"
+    return False
+
+
+def check_reference(reference: Any) -> str | None:
+    """Why this reference cannot be graded, or None when it can. A reference is usable when math-verify parses
+    it and its own answer, boxed, PASSes against it (otherwise no completion could ever pass). Tasks call this
+    while loading, so a bad reference is skipped with a warning instead of a silent reward of 0."""
+    quick = _quick_problem(reference)
+    if quick is not False:
+        return quick
+    return _problem(_shared_checker().verify(**_self_check_item(reference)))
+
+
+def check_references(references: list[Any], workers: int | None = None, timeout_s: float = 10.0) -> list[str | None]:
+    """`check_reference` for many references; past SELF_CHECK_IN_PROCESS of them the self-checks run in a
+    verifier pool: at a few ms each, NuminaMath-CoT's 860k references are CPU-minutes of sympy, so they are
+    spread over up to 8 processes, each check under a hard time limit."""
+    problems: list[str | None | bool] = [_quick_problem(r) for r in references]
+    todo = [i for i, p in enumerate(problems) if p is False]
+    if len(todo) <= SELF_CHECK_IN_PROCESS:
+        for i in todo:
+            problems[i] = check_reference(references[i])
+        return problems  # type: ignore[return-value]
+    n = workers or max(1, min(8, (os.cpu_count() or 2)))
+    with VerifierPool("boxed", workers=n, timeout_s=timeout_s) as pool:
+        results = pool.verify([_self_check_item(references[i]) for i in todo])
+    for i, r in zip(todo, results):
+        problems[i] = _problem(r)
+    return problems  # type: ignore[return-value]
 
 
 _checker: BoxedVerifier | None = None

@@ -18,6 +18,7 @@ COMMANDS = {
     "report": "treerpo_cli.report_cmd:report",
     "run": "treerpo_cli.run_cmd:run",
     "sft": "treerpo_cli.sft_cmd:sft",
+    "rollout": "treerpo_cli.rollout_cmd:rollout",
 }
 
 

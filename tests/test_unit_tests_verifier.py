@@ -28,7 +28,7 @@ HE_SAMPLE = range(0, 164, 11)  # 15 problems spread over the set; the full sweep
 
 def verifier_on(name: str, **kw) -> UnitTestsVerifier:
     get_backend(name)  # skips (or, under CI=true, fails) when the backend is unavailable
-    v = UnitTestsVerifier(sandbox=name, timeout_s=kw.pop("timeout_s", 5.0), concurrency=kw.pop("concurrency", 2), **kw)
+    v = UnitTestsVerifier(sandbox=name, timeout_s=kw.pop("timeout_s", 3.0), concurrency=kw.pop("concurrency", 2), **kw)
     if name == "docker":
         v.backend.warm()
     return v

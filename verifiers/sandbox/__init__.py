@@ -16,6 +16,8 @@ What is not protected:
 - kernel exploits: these are namespaces, rlimits and cgroups, not a VM. Run untrusted code on a machine
   you can afford to lose, or in a VM, when the stakes are high;
 - CPU time stolen from other work on the machine within the limits (docker caps CPUs; bwrap does not);
+- bwrap caps memory per process (RLIMIT_AS), so a program may use up to memory_mb times max_procs in all;
+  docker also caps the container as a whole (cgroup);
 - tests that are too weak (a program that special-cases the tested inputs passes, as it would anywhere);
 - a program whose functions return values that are not plain built-in types fails even when "correct":
   only plain values cross from the program to the tests, so the tests never run the program's code.

@@ -9,6 +9,7 @@ the same arithmetic and the PPO ratio is 1 at unchanged weights (ARCHITECTURE.md
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -21,7 +22,10 @@ def make_accelerator(cfg: Config, *, log_with: list[str] | None = None, project_
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(log_with=log_with or None, project_dir=project_dir)
+    # several processes and no GPU (`accelerate launch --multi_gpu --num_processes 2` or torchrun on a CPU
+    # machine): accelerate only picks its gloo CPU backend when told `cpu=True`
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(log_with=log_with or None, project_dir=project_dir, cpu=multi_cpu)
     register_hooks(accelerator)
     # per-rank seeds differ so each rank's rollouts sample differently; resumed runs restore RNG states instead
     set_seed(cfg.run.seed, device_specific=True)

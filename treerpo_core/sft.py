@@ -100,11 +100,10 @@ def row_completion_logprobs(model, row: list[SFTSample]) -> torch.Tensor:
         first = start + len(s.prompt_ids)
         predictors += range(first - 1, first - 1 + len(s.completion_ids))  # token t is predicted at t - 1
     ids_t = torch.tensor(ids, device=device)
-    seg = torch.tensor(segment, device=device)
-    n = len(ids)
-    mask = (seg[:, None] == seg[None, :]) & torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    hidden = final_hidden_states(model, ids_t, attention_mask_for(model, mask, dtype),
-                                 torch.tensor(positions, device=device))
+    # each sample is its own slot and sees only itself: a block-diagonal causal mask
+    mask = attention_mask_for(model, torch.tensor(segment, device=device),
+                              torch.eye(len(row), dtype=torch.bool, device=device), dtype)
+    hidden = final_hidden_states(model, ids_t, mask, torch.tensor(positions, device=device))
     rows = torch.tensor(predictors, device=device)
     return chunked_logprobs(inner.get_output_embeddings(), hidden[rows], ids_t[rows + 1], 1.0)
 

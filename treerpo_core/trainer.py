@@ -277,8 +277,8 @@ class Trainer:
         local.update(times)
         # every rank reduces the same keys, in the same order
         averaged = {k: float(local.get(k, math.nan)) for k in METRIC_KEYS if k not in ("step", "lr")}
-        row = {"step": step, "lr": lr, **reduce_metrics(self.accelerator, averaged, "mean"),
-               **reduce_metrics(self.accelerator, counts, "sum")}
+        reduced = {"step": step, "lr": lr, **reduce_metrics(self.accelerator, averaged, "mean")}
+        row = {k: reduced[k] for k in METRIC_KEYS} | reduce_metrics(self.accelerator, counts, "sum")
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
     def dump(self, step: int, trees: list[Tree]) -> None:

@@ -205,3 +205,16 @@ def test_treerpo_verify_leaves_no_container_behind(tmp_path):
     assert [json.loads(line)["verdict"] for line in out.splitlines()] == ["FAIL", "PASS", "FAIL"]
     left = docker.from_env().containers.list(all=True, filters={"label": "treerpo.sandbox.owner"})
     assert [c.name for c in left if c.labels["treerpo.sandbox.owner"].endswith(f":{proc.pid}")] == []
+
+
+@pytest.mark.sandbox
+def test_program_objects_cross_as_handles(verifier):
+    """MBPP has tests that build the program's own class and pass instances back (task 601's Pair)."""
+    program = ("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
+               "def longest_chain(pairs):\n    pairs = sorted(pairs, key=lambda p: p.b)\n    n, end = 0, None\n"
+               "    for p in pairs:\n        if end is None or p.a > end:\n            n, end = n + 1, p.b\n    return n\n")
+    tests = "assert longest_chain([Pair(5, 24), Pair(15, 25), Pair(27, 40), Pair(50, 60)]) == 3\n"
+    assert verifier.verify(program, tests).verdict is Verdict.PASS
+    # a handle equals only itself: a program object never satisfies `== expected`
+    r = verifier.verify(program + "def make():\n    return Pair(1, 2)\n", "assert make() == make()\n")
+    assert r.verdict is Verdict.FAIL

@@ -11,8 +11,10 @@ in the same interpreter as the program can be tampered with by it (`sys.exit(0)`
   loads the program and then only answers calls: "call function NAME with these arguments";
 - the names the tests call (HumanEval's `candidate`, MBPP's function names) are proxies in the judge that
   send the call to the candidate and decode the answer. Values cross as tagged JSON of plain built-in types
-  (int, float, str, bytes, bool, None, list, tuple, dict, set, frozenset, complex): the judge compares real
-  values, so an object whose `__eq__` always says True never reaches an `assert`;
+  (int, float, str, bytes, bool, None, list, tuple, dict, set, frozenset, complex); any other object stays
+  in the candidate and the judge gets an opaque handle (RemoteRef) that can be passed back but is equal only
+  to itself: the judge compares real values, so an object whose `__eq__` always says True never wins an
+  `assert`;
 - the judge reads the per-run token from its stdin *after* the fork (the candidate never holds it), marks
   itself non-dumpable (the candidate, same uid and no capabilities, can neither ptrace it nor open its
   /proc/PID/mem or /proc/PID/fd/*), and writes its report, which carries the token, on the stdout only it
@@ -36,7 +38,27 @@ MAX_LINE = 16 << 20  # largest RPC message accepted from the candidate
 
 
 # -- values across the boundary (tagged JSON; decoding never runs code) --------------------------------
-def encode(value, depth=0):
+class RemoteRef:
+    """The judge's stand-in for a program object that is not a plain value (an instance of a class the program
+    defined, a generator...). It can be passed back to the program (MBPP's `f([Pair(1, 2)])`), and is equal
+    only to itself: its real `__eq__` lives in the program and is never consulted."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __eq__(self, other):
+        return isinstance(other, RemoteRef) and other.key == self.key
+
+    def __hash__(self):
+        return hash(("RemoteRef", self.key))
+
+    def __repr__(self):
+        return f"<program object #{self.key}>"
+
+
+def encode(value, keep=None, depth=0):
+    """Plain values as tagged JSON. Anything else: on the program's side (`keep` given) it stays there and a
+    handle crosses; on the judge's side only RemoteRefs (handles coming back) are allowed."""
     if depth > 100:
         raise TypeError("value nested deeper than 100 levels")
     t = type(value)
@@ -45,40 +67,48 @@ def encode(value, depth=0):
     if t is float:
         return value if value == value and value not in (float("inf"), float("-inf")) else {"F": repr(value)}
     if t is list:
-        return [encode(v, depth + 1) for v in value]
+        return [encode(v, keep, depth + 1) for v in value]
     if t is tuple:
-        return {"T": [encode(v, depth + 1) for v in value]}
+        return {"T": [encode(v, keep, depth + 1) for v in value]}
     if t is dict:
-        return {"D": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+        return {"D": [[encode(k, keep, depth + 1), encode(v, keep, depth + 1)] for k, v in value.items()]}
     if t in (set, frozenset):
-        return {"S" if t is set else "Z": [encode(v, depth + 1) for v in value]}
+        return {"S" if t is set else "Z": [encode(v, keep, depth + 1) for v in value]}
     if t is bytes:
         return {"B": value.hex()}
     if t is complex:
         return {"C": [encode(value.real), encode(value.imag)]}
-    raise TypeError(f"a value of type {t.__name__} cannot cross the sandbox boundary (plain built-in types only)")
+    if t is RemoteRef:
+        return {"R": value.key}
+    if keep is not None:
+        keep[id(value)] = value
+        return {"R": id(value)}
+    raise TypeError(f"a value of type {t.__name__} cannot be passed to the program (plain built-in types only)")
 
 
-def decode(value):
+def decode(value, ref):
+    """Inverse of encode; `ref(key)` resolves a handle (the object itself in the program, a RemoteRef in the judge)."""
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [decode(v, ref) for v in value]
     if not isinstance(value, dict):
         return value
     (tag, inner), = value.items()
     if tag == "F":
         return float(inner)
     if tag == "T":
-        return tuple(decode(v) for v in inner)
+        return tuple(decode(v, ref) for v in inner)
     if tag == "D":
-        return {decode(k): decode(v) for k, v in inner}
+        return {decode(k, ref): decode(v, ref) for k, v in inner}
     if tag == "S":
-        return set(decode(v) for v in inner)
+        return set(decode(v, ref) for v in inner)
     if tag == "Z":
-        return frozenset(decode(v) for v in inner)
+        return frozenset(decode(v, ref) for v in inner)
     if tag == "B":
         return bytes.fromhex(inner)
     if tag == "C":
-        return complex(decode(inner[0]), decode(inner[1]))
+        return complex(decode(inner[0], ref), decode(inner[1], ref))
+    if tag == "R":
+        return ref(inner)
     raise ValueError(f"unknown tag {tag!r}")
 
 
@@ -182,14 +212,16 @@ def candidate(req, call_r, reply_w, out_w):
     names = [k for k, v in ns.items() if callable(v) and not k.startswith("__")]
     send({"loaded": True, "names": names})
     calls = LineReader(call_r)
+    handles = {}  # objects handed to the judge as RemoteRefs, kept alive for when they come back
     while True:
         try:
             msg = json.loads(calls.line())
         except EOFError:
             os._exit(0)
         try:
-            result = ns[msg["name"]](*decode(msg["args"]), **decode(msg["kwargs"]))
-            out = {"ok": encode(result)}
+            result = ns[msg["name"]](*decode(msg["args"], handles.__getitem__),
+                                     **decode(msg["kwargs"], handles.__getitem__))
+            out = {"ok": encode(result, handles)}
         except SystemExit as e:
             out = {"exc": "SystemExit", "msg": f"the program called exit({e.code!r}) during a test"}
         except BaseException as e:
@@ -276,7 +308,7 @@ class Judge:
             reply = judge.receive()
             if "exc" in reply:
                 raise RemoteError(f"{name}() raised {reply['exc']}: {reply['msg']}")
-            return decode(reply["ok"])
+            return decode(reply["ok"], RemoteRef)
 
         remote.__name__ = remote.__qualname__ = name
         return remote

@@ -10,6 +10,9 @@ Inputs (contract of issue 4):
 Verdicts: PASS only when the sandbox's judge reports, with this run's token, that every test ran and passed
 (see treerpo_verifiers.sandbox.harness for why the program cannot forge that); FAIL with the reason (assertion,
 exception, syntax error, exit before the tests); TIMEOUT; ERROR when the sandbox itself failed.
+
+What the sandboxes do and do not protect is listed in `treerpo_verifiers.sandbox` (package docstring); the
+judge/candidate design that makes PASS unforgeable is explained in `treerpo_verifiers.sandbox.harness`.
 """
 
 from __future__ import annotations

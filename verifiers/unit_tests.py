@@ -21,6 +21,7 @@ import ast
 import atexit
 import os
 import re
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,6 +34,16 @@ from .sandbox import Job, Limits, make_backend
 FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*(?:python3?|py)?[ \t]*\n", re.M)
 CODE_LANGS = ("", "python", "python3", "py")
+
+
+# CPython 3.11's ast.parse is not safe to call from several threads at once ("AST constructor recursion
+# depth mismatch"); verify_batch assembles jobs in its worker threads.
+_ast_lock = threading.Lock()
+
+
+def parse(code: str) -> ast.Module:
+    with _ast_lock:
+        return ast.parse(code)
 
 
 def extract_code(completion: str) -> str:
@@ -50,7 +61,7 @@ def extract_code(completion: str) -> str:
 def defines_function(code: str, name: str) -> bool:
     """Whether `code` defines `name` at top level (falls back to a regex when the code does not parse)."""
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError:
         return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
     return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
@@ -69,7 +80,7 @@ def assemble_program(code: str, *, entry_point: str | None, prompt: str | None) 
 
 def count_asserts(tests: str) -> int:
     try:
-        return max(1, sum(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(tests))))
+        return max(1, sum(isinstance(n, ast.Assert) for n in ast.walk(parse(tests))))
     except SyntaxError:
         return 1
 

@@ -34,6 +34,8 @@ class Scripted:
             return 1.0
         if completion == "pid":
             return VerifyResult(Verdict.PASS, str(os.getpid()))
+        if completion.startswith("quote:"):
+            return VerifyResult(Verdict.FAIL, f"got {completion[6:]}")
         if completion == "echo":
             return VerifyResult(Verdict.PASS, f"{reference}|{sorted(metadata.items())}")
         return VerifyResult(Verdict.PASS if completion == reference else Verdict.FAIL)
@@ -138,6 +140,14 @@ def test_non_result_return_is_error(registered):
     with VerifierPool("scripted", workers=1) as pool:
         (r,) = pool.verify([item("junk")])
     assert r.verdict is Verdict.ERROR and "float" in r.reason and "VerifyResult" in r.reason
+
+
+def test_reason_quoting_invalid_utf8_is_made_printable(registered):
+    bad = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    with VerifierPool("scripted", workers=1) as pool:
+        (r,) = pool.verify([item("quote:" + bad)])
+    assert r.reason == "got \\udcff\\udcfe"
+    r.reason.encode("utf-8")
 
 
 def test_worker_dying_mid_check_is_error_and_replaced(registered):

@@ -83,10 +83,17 @@ def create_verifier(name: str, options: dict | None = None, **core_kwargs) -> An
 
 
 def _as_result(value: Any, who: str) -> VerifyResult:
-    """A verifier's return value as a VerifyResult; anything else is an ERROR naming what came back."""
-    if isinstance(value, VerifyResult):
-        return value
-    return VerifyResult(Verdict.ERROR, f"{who} returned {type(value).__name__} ({value!r:.80}), not a VerifyResult")
+    """A verifier's return value as a VerifyResult; anything else is an ERROR naming what came back. The
+    reason is made printable: a verifier quoting invalid UTF-8 input (lone surrogates) must not make the
+    caller's JSON log or terminal output raise."""
+    if not isinstance(value, VerifyResult):
+        return VerifyResult(Verdict.ERROR, f"{who} returned {type(value).__name__} ({value!r:.80}), not a VerifyResult")
+    reason = value.reason if isinstance(value.reason, str) else str(value.reason)
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError:
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if reason is value.reason else VerifyResult(value.verdict, reason)
 
 
 def _check_one(verifier: Any, item: dict) -> VerifyResult:

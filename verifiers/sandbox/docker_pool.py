@@ -29,6 +29,7 @@ from .base import HARNESS_SOURCE, Backend, Limits, RawRun, SandboxUnavailable
 from .image import DEFAULT_IMAGE
 
 LABEL = "treerpo.sandbox"
+ACQUIRE_TIMEOUT_S = 300  # longest wait for a free container before the check is an ERROR
 # pid 1 of each container: reap zombies; exit when no other process has existed for IDLE seconds
 PID1 = """
 import os, signal, time
@@ -158,6 +159,7 @@ class DockerPoolBackend(Backend):
         self._idle: "queue.Queue[_Container]" = queue.Queue()
         self._all: set[_Container] = set()
         self._starting = 0  # containers being created
+        self._closed = False
         self._lock = threading.Lock()
         self.replaced = 0
         _open_pools.add(self)
@@ -191,8 +193,11 @@ class DockerPoolBackend(Backend):
             with self._lock:
                 self._starting -= 1
         with self._lock:
-            self._all.add(c)
-        return c
+            if not self._closed:
+                self._all.add(c)
+                return c
+        c.remove()  # the pool was closed while this container started
+        raise SandboxUnavailable("the docker sandbox pool is closed")
 
     def _acquire(self) -> _Container:
         try:
@@ -201,7 +206,10 @@ class DockerPoolBackend(Backend):
             pass
         if self._reserve():
             return self._create()
-        return self._idle.get()
+        try:
+            return self._idle.get(timeout=ACQUIRE_TIMEOUT_S)
+        except queue.Empty:
+            raise RuntimeError(f"no sandbox container became free within {ACQUIRE_TIMEOUT_S}s") from None
 
     def _release(self, c: _Container, retire: bool) -> None:
         c.runs += 1
@@ -252,6 +260,12 @@ class DockerPoolBackend(Backend):
             self._release(c, retire=dirty)
 
     def close(self) -> None:
+        """Remove every container, including ones still starting (waited for, so none is left behind)."""
+        with self._lock:
+            self._closed = True
+        deadline = time.monotonic() + 120
+        while self._starting and time.monotonic() < deadline:
+            time.sleep(0.1)
         with self._lock:
             containers, self._all = list(self._all), set()
         removers = [threading.Thread(target=c.remove) for c in containers]  # each takes seconds with vfs

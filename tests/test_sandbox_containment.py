@@ -7,7 +7,6 @@ verdict is not PASS where the attack was a grab for reward.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys

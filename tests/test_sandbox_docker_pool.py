@@ -11,7 +11,7 @@ import pytest
 from test_sandbox_support import get_backend, run
 from treerpo_core.types import Verdict
 from treerpo_verifiers.sandbox import Limits, make_backend
-from treerpo_verifiers.sandbox.docker_pool import LABEL, remove_orphans
+from treerpo_verifiers.sandbox.docker_pool import LABEL, _alive, remove_orphans
 
 pytestmark = pytest.mark.sandbox
 OK = "def probe():\n    return 'ok'\n"
@@ -61,25 +61,14 @@ def test_orphans_of_a_dead_owner_are_removed():
     code = ("import os, signal\nfrom treerpo_verifiers.sandbox import make_backend\n"
             "b = make_backend('docker', pool_size=1)\nb.warm()\nprint(len(b._all), flush=True)\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.stdout.strip() == "1", proc.stderr
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=300)
+    assert out.strip() == "1", err
     client = get_backend("docker").client
-    orphans = [c for c in client.containers.list(all=True, filters={"label": LABEL})
-               if not _owner_alive(c.labels.get(f"{LABEL}.owner", ""))]
-    assert orphans, "the killed process should have left its container behind"
-    assert remove_orphans(client) >= len(orphans)
+    owner = lambda c: c.labels.get(f"{LABEL}.owner", "")  # noqa: E731
+    orphans = [c.id for c in client.containers.list(all=True, filters={"label": LABEL}) if owner(c).endswith(f":{proc.pid}")]
+    assert len(orphans) == 1, "the killed process should have left its container behind"
+    assert not _alive(proc.pid)
+    assert remove_orphans(client) >= 1
     left = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
-    assert left.isdisjoint({c.id for c in orphans})
-
-
-def _owner_alive(owner: str) -> bool:
-    import os
-
-    pid = owner.rpartition(":")[2]
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
+    assert left.isdisjoint(orphans)

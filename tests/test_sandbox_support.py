@@ -39,13 +39,6 @@ def get_backend(name: str, **limit_overrides):
     return backend
 
 
-def close_backends() -> None:
-    for b in _backends.values():
-        if not isinstance(b, Exception):
-            b.close()
-    _backends.clear()
-
-
 def run(backend, program: str, tests: str = "assert probe() == 'ok', probe()", **job):
     result, _ = backend.run(Job(program=program, tests=tests, **job))
     return result

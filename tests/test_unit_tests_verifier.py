@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import subprocess
 import sys
 import time
@@ -121,19 +120,14 @@ def test_timeout_verdict(verifier):
 
 
 @pytest.mark.sandbox
-@pytest.mark.parametrize("name", ISOLATING)
-def test_verify_batch_runs_in_parallel_and_keeps_order(name):
-    v = verifier_on(name, concurrency=4)
-    try:
-        items = [{"completion": f"import time\ndef f():\n    time.sleep(1.0)\n    return {i}\n",
-                  "reference": f"assert f() == {i if i != 2 else -1}\n"} for i in range(4)]
-        t0 = time.monotonic()
-        results = v.verify_batch(items)
-        elapsed = time.monotonic() - t0
-    finally:
-        v.close()
+def test_verify_batch_runs_in_parallel_and_keeps_order(verifier):
+    items = [{"completion": f"import time\ndef f():\n    time.sleep(1.0)\n    return {i}\n",
+              "reference": f"assert f() == {i if i != 2 else -1}\n"} for i in range(4)]
+    t0 = time.monotonic()
+    results = verifier.verify_batch(items)
+    elapsed = time.monotonic() - t0
     assert [r.verdict for r in results] == [Verdict.PASS, Verdict.PASS, Verdict.FAIL, Verdict.PASS]
-    assert elapsed < 3.5, f"4 one-second checks with concurrency 4 took {elapsed:.1f}s"
+    assert elapsed < 5.0, f"4 one-second checks, 2 at a time, took {elapsed:.1f}s (one at a time: over 4 s + start-up)"
 
 
 @pytest.mark.sandbox
@@ -181,12 +175,11 @@ def test_local_sandbox_is_refused_without_unsafe():
 
 
 def test_local_sandbox_with_unsafe_warns_and_runs():
-    r = subprocess.run([sys.executable, "-m", "treerpo_cli.main", "verify", "--verifier", "unit-tests", "--unsafe",
-                        "--reference", "assert f() == 1", "--set", "verifier.sandbox=local", "def f():\n    return 1\n"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[-1])["verdict"] == "PASS"
-    assert "WITHOUT isolation" in r.stderr
+    r = CliRunner().invoke(cli, ["verify", "--verifier", "unit-tests", "--unsafe", "--reference", "assert f() == 1",
+                                 "--set", "verifier.sandbox=local", "def f():\n    return 1\n"])
+    assert r.exit_code == 0, r.output
+    assert "WITHOUT isolation" in r.output  # stderr, mixed into the runner's output
+    assert '"verdict": "PASS"' in r.output
 
 
 @pytest.mark.sandbox

@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import signal
-import sys
 import threading
 import time
 

@@ -8,7 +8,6 @@ allows it with --unsafe (treerpo_core.verify_pool.check_sandbox_allowed); constr
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile

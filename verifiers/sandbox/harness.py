@@ -238,8 +238,8 @@ class RemoteError(Exception):
 
 
 class Judge:
-    def __init__(self, req, pid, call_w, reply_r, out_r):
-        self.req, self.pid = req, pid
+    def __init__(self, req, call_w, reply_r, out_r):
+        self.req, self.pid = req, None  # pid: set once the candidate is forked
         self.call_w, self.replies = call_w, LineReader(reply_r)
         self.output, self.output_total, self.overflow = bytearray(), 0, False
         self.cap = req["limits"]["output_bytes"]
@@ -264,6 +264,8 @@ class Judge:
                 self.kill()
 
     def kill(self):
+        if self.pid is None:
+            return
         for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: os.kill(self.pid, signal.SIGKILL)):
             try:
                 target()
@@ -415,6 +417,9 @@ def main():
     call_r, call_w = os.pipe()
     reply_r, reply_w = os.pipe()
     out_r, out_w = os.pipe()
+    # The judge's thread starts before the program exists: a program that uses up the process limit (threads
+    # count) must not be able to stop the judge from working, which would turn its failure into an ERROR.
+    judge = Judge(req, call_w, reply_r, out_r)
     pid = os.fork()
     if pid == 0:
         try:
@@ -423,11 +428,11 @@ def main():
             candidate(req, call_r, reply_w, out_w)
         finally:
             os._exit(70)
+    judge.pid = pid
     for fd in (call_r, reply_w, out_w):
         os.close(fd)
     token = read_line(0, 200).decode()  # only now: the candidate never held it
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    judge = Judge(req, pid, call_w, reply_r, out_r)
     tests_run = 0
     try:
         status, reason, tests_run = judge.run()

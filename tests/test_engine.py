@@ -4,8 +4,6 @@ sampler's pieces do what the config says."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -26,14 +24,6 @@ class EveryTenthToken:
         return torch.arange(len(tokenizer)) % 10 == 0
 
 
-class LineAndSentenceEnds:
-    """Delimiter rule for a real model: tokens ending a line or a sentence."""
-
-    def vocab_mask(self, tokenizer):
-        ends = ("\n", ".", ":")
-        return torch.tensor([tokenizer.decode([i]).rstrip(" ").endswith(ends) for i in range(len(tokenizer))])
-
-
 def examples():
     return [Example(id=f"q{i}", prompt=[{"role": "user", "content": p}], reference="0") for i, p in enumerate(PROMPTS)]
 
@@ -52,9 +42,10 @@ def full_forward(model, tree, leaf_id):
     return path, logits
 
 
-def check_against_plain_forward(model, trees, tree_cfg, temperature):
+def check_against_plain_forward(model, trees, tree_cfg, temperature, delimiter_mask=None):
     """Every path's stored log-probs equal the plain forward's within 1e-4; every regular split sits right
-    after a delimiter token at a position whose recomputed entropy is the recorded one and >= h_th."""
+    after a delimiter token at a position whose recomputed entropy is the recorded one and >= h_th.
+    Returns the number of regular splits seen along paths."""
     n_splits = 0
     for tree in trees:
         for leaf in tree.leaves():
@@ -63,13 +54,13 @@ def check_against_plain_forward(model, trees, tree_cfg, temperature):
             assert len(stored) == len(path)
             expected = token_logprobs(logits, torch.tensor(path), temperature)
             assert (stored - expected).abs().max().item() < 1e-4
-            offset = 0
-            for node in tree.path(leaf.id)[:-1]:
-                offset += len(node.token_ids)
-                child = tree.path(leaf.id)[tree.path(leaf.id).index(node) + 1]
+            nodes, offset = tree.path(leaf.id), 0
+            for node, child in zip(nodes, nodes[1:]):
+                offset += len(node.token_ids)  # logits[offset] predicted the child's first token
                 if child.kind != "entropy":
                     continue
                 n_splits += 1
+                assert delimiter_mask is None or delimiter_mask[node.token_ids[-1]]
                 assert len(node.token_ids) >= tree_cfg.l_min and node.depth < tree_cfg.max_depth
                 h = topk_entropy(logits[offset], tree_cfg.entropy_top).item()
                 assert node.split_entropy == pytest.approx(h, abs=1e-4) and h >= tree_cfg.h_th
@@ -78,16 +69,11 @@ def check_against_plain_forward(model, trees, tree_cfg, temperature):
 
 def test_stored_logprobs_match_plain_forward_tiny(tiny):
     model, tokenizer = tiny
-    cfg = TreeConfig(l_min=4, h_th=0.5, max_leaves=8, s_min=10)
+    cfg = TreeConfig(l_min=4, h_th=0.5, max_depth=2, max_leaves=10, s_min=10)  # leaves room for coverage
     sampling = SamplingConfig(max_new_tokens=24)
     delimiter = EveryTenthToken()
     trees = TreeEngine(model, tokenizer, tree=cfg, sampling=sampling, delimiter=delimiter).grow(examples(), seed=0)
-    mask = delimiter.vocab_mask(tokenizer)
-    for tree in trees:
-        for node in tree.nodes:
-            if any(c.kind == "entropy" for c in tree.children(node.id)):
-                assert mask[node.token_ids[-1]]  # the node ends at a delimiter
-    assert check_against_plain_forward(model, trees, cfg, sampling.temperature) > 0
+    assert check_against_plain_forward(model, trees, cfg, sampling.temperature, delimiter.vocab_mask(tokenizer)) > 0
     assert any(n.kind == "coverage" for t in trees for n in t.nodes)
 
 
@@ -115,30 +101,42 @@ def test_prompt_ids_and_tree_fields(tiny):
 
 @pytest.mark.slow
 def test_smollm2_trees_obey_the_rules_and_match_plain_forward():
+    """The real model with the real `text` delimiter rule (tasks/delimiters.py) on one prompt."""
+    from treerpo_core.plugins import create_delimiter
+
     model, tokenizer = load_model("smollm2-135m", device="cpu")
-    cfg = TreeConfig(l_min=16, h_th=0.5, max_leaves=8, s_min=40)
-    sampling = SamplingConfig(max_new_tokens=64)
-    trees = TreeEngine(model, tokenizer, tree=cfg, sampling=sampling, delimiter=LineAndSentenceEnds()).grow(
-        examples(), seed=0)
-    assert check_against_plain_forward(model, trees, cfg, sampling.temperature) > 0
+    cfg = TreeConfig(l_min=16, h_th=0.5, max_leaves=6, s_min=30)
+    sampling = SamplingConfig(max_new_tokens=48)
+    delimiter = create_delimiter("text")
+    trees = TreeEngine(model, tokenizer, tree=cfg, sampling=sampling, delimiter=delimiter).grow(examples()[1:], seed=0)
+    assert check_against_plain_forward(model, trees, cfg, sampling.temperature, delimiter.vocab_mask(tokenizer)) > 0
 
 
 # -- sampler ---------------------------------------------------------------------------------------
 
-def test_truncate_keeps_top_k_then_nucleus():
+def test_candidates_keep_top_k_then_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
-    kept = sampler.truncate(logits, top_k=4, top_p=0.8).isfinite()[0].tolist()
-    # top-4 drops 0.05; within the rest (0.5, 0.2, 0.15, 0.1 renormalised by 0.95) the mass above 0.15 is
-    # 0.737 < 0.8 so 0.15 stays; above 0.1 it is 0.895 >= 0.8 so 0.1 goes
-    assert kept == [True, True, True, False, False]
-    assert sampler.truncate(logits, top_k=0, top_p=0.1).isfinite()[0].tolist() == [True, False, False, False, False]
+    cfg = SamplingConfig(temperature=1.0, top_k=4, top_p=0.8, repetition_penalty=1.0)
+    probs, ids = sampler.candidates(logits, torch.zeros(1, 0, dtype=torch.long), cfg)
+    # top-4 drops 0.05; within the rest (renormalised by 0.95) the mass above 0.15 is 0.737 < 0.8, so 0.15
+    # stays; the mass above 0.1 is 0.895 >= 0.8, so 0.1 goes. The kept three are renormalised.
+    assert ids[0].tolist() == [0, 1, 2, 3]
+    assert probs[0].tolist() == pytest.approx([0.5 / 0.85, 0.2 / 0.85, 0.15 / 0.85, 0.0])
+
+
+def test_temperature_applies_before_the_nucleus():
+    logits = torch.log(torch.tensor([[0.6, 0.4]]))
+    cfg = SamplingConfig(temperature=0.5, top_k=0, top_p=0.65, repetition_penalty=1.0)
+    probs, _ = sampler.candidates(logits, torch.zeros(1, 0, dtype=torch.long), cfg)
+    # at T=0.5 the probabilities are 0.36/0.52, 0.16/0.52 = 0.692, 0.308: the first alone reaches 0.65
+    assert probs[0].tolist() == pytest.approx([1.0, 0.0])
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits():
     logits = torch.tensor([[2.0, -2.0, 2.0]])
-    seen = torch.tensor([[True, True, False]])
-    out = sampler.apply_repetition_penalty(logits, seen, 2.0)
-    assert out.tolist() == [[1.0, -4.0, 2.0]]
+    history = torch.tensor([[0, 1, 1]])  # repeats count once
+    assert sampler.apply_repetition_penalty(logits, history, 2.0).tolist() == [[1.0, -4.0, 2.0]]
+    assert logits.tolist() == [[2.0, -2.0, 2.0]]  # the raw logits (used for log-probs) are untouched
 
 
 def test_topk_alternative_stays_in_top_k_and_differs_from_taken():
@@ -151,9 +149,16 @@ def test_topk_alternative_stays_in_top_k_and_differs_from_taken():
     assert (alt == 48).float().mean() > (alt == 30).float().mean()
 
 
+def test_draw_excluding_falls_back_when_truncation_left_one_token():
+    g = torch.Generator().manual_seed(0)
+    probs, ids = torch.tensor([[1.0, 0.0]]), torch.tensor([[3, 1]])
+    out = sampler.draw_excluding(probs, ids, torch.tensor([3]), g, fallback_logits=torch.zeros(1, 5))
+    assert out.item() != 3 and 0 <= out.item() < 5
+
+
 def test_sampling_is_seeded():
     logits = torch.randn(4, 100, generator=torch.Generator().manual_seed(1))
-    probs = sampler.sampling_probs(logits, torch.zeros(4, 100, dtype=torch.bool), SamplingConfig())
-    draws = [sampler.draw(probs, torch.Generator().manual_seed(5)).tolist() for _ in range(2)]
+    probs, ids = sampler.candidates(logits, torch.zeros(4, 0, dtype=torch.long), SamplingConfig())
+    draws = [sampler.draw(probs, ids, torch.Generator().manual_seed(5)).tolist() for _ in range(2)]
     assert draws[0] == draws[1]
-    assert math.isclose(probs.sum(-1)[0].item(), 1.0, rel_tol=1e-6)
+    assert probs.sum(-1).tolist() == pytest.approx([1.0] * 4)

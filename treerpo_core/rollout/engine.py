@@ -43,12 +43,14 @@ class _Row:
 class _Batch:
     """The rows decoding together and their tensors; row i of every tensor is `rows[i]`."""
 
-    def __init__(self, rows, cache, mask, pos, seen):
+    def __init__(self, rows, cache, mask, pos, history):
         self.rows: list[_Row] = rows
         self.cache = cache  # the model's KV cache, batch dimension = rows
         self.mask = mask  # [B, S] 1 for real tokens, 0 for left padding
         self.pos = pos  # [B] position id of the next token to feed
-        self.seen = seen  # [B, V] bool: tokens on the row's sequence (prompt included) for the repetition penalty
+        # [B, S] token ids on each row's sequence, prompt included (as transformers' generate), for the
+        # repetition penalty; left padding repeats the row's first token so the pad id is not penalised
+        self.history = history
 
     def select(self, index: list[int]) -> None:
         """Keep, drop or duplicate rows: row j becomes old row index[j]."""
@@ -56,7 +58,7 @@ class _Batch:
             return
         idx = torch.tensor(index, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(idx)
-        self.mask, self.pos, self.seen = self.mask[idx], self.pos[idx], self.seen[idx]
+        self.mask, self.pos, self.history = self.mask[idx], self.pos[idx], self.history[idx]
 
 
 class TreeEngine:
@@ -158,10 +160,9 @@ class TreeEngine:
     # -- decoding ----------------------------------------------------------------------------------
     def _forced_split(self, batch, logits, trees, budgets, stats, generator) -> list[int]:
         """Two depth-1 children per root with distinct first tokens; returns the tokens to feed."""
-        probs = sampler.sampling_probs(logits, batch.seen, self.sampling)
-        first = sampler.draw(probs, generator)
-        tempered = (logits / self.sampling.temperature).softmax(-1)
-        second = sampler.draw_excluding(probs, first, generator, fallback=tempered)
+        probs, ids = sampler.candidates(logits, batch.history, self.sampling)
+        first = sampler.draw(probs, ids, generator)
+        second = sampler.draw_excluding(probs, ids, first, generator, logits / self.sampling.temperature)
         entropy = topk_entropy(logits, self.tree_cfg.entropy_top).tolist()
         lp1 = token_logprobs(logits, first, self.sampling.temperature).tolist()
         lp2 = token_logprobs(logits, second, self.sampling.temperature).tolist()
@@ -188,8 +189,8 @@ class TreeEngine:
         """Sample, split, append and feed until every row has ended. `logits` [B, V] predict each row's next token."""
         cfg, temperature = self.tree_cfg, self.sampling.temperature
         while batch.rows:
-            probs = sampler.sampling_probs(logits, batch.seen, self.sampling)
-            tokens = sampler.draw(probs, generator)
+            probs, ids = sampler.candidates(logits, batch.history, self.sampling)
+            tokens = sampler.draw(probs, ids, generator)
             entropy = topk_entropy(logits, cfg.entropy_top)
             logps = token_logprobs(logits, tokens, temperature).tolist()
             after_delim = self._after_delimiter(batch, logits)
@@ -283,15 +284,13 @@ class TreeEngine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(ids, mask, positions, None)
-        seen = torch.zeros((len(seqs), logits.shape[-1]), dtype=torch.bool, device=self.device)
-        for i, s in enumerate(seqs):  # the penalty covers the prompt too, as transformers' generate does
-            seen[i, torch.tensor(s, device=self.device)] = True
-        return _Batch([], cache, mask, mask.sum(-1), seen), logits
+        history = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids))  # pads repeat a real token
+        return _Batch([], cache, mask, mask.sum(-1), history), logits
 
     def _feed(self, batch: _Batch, next_ids: list[int]) -> torch.Tensor:
         """Feed one token per row; returns logits [B, V] for the following token."""
         ids = torch.tensor(next_ids, dtype=torch.long, device=self.device)
-        batch.seen[torch.arange(len(next_ids), device=self.device), ids] = True
+        batch.history = torch.cat([batch.history, ids[:, None]], dim=1)
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(next_ids), 1))], dim=1)
         logits, batch.cache = self._forward(ids[:, None], batch.mask, batch.pos[:, None], batch.cache)
         batch.pos = batch.pos + 1

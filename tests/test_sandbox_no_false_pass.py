@@ -51,6 +51,17 @@ def test_attack_does_not_pass(backend_name, attack):
     assert r.verdict is not Verdict.ERROR, r  # the program's fault is a FAIL (or TIMEOUT), not a sandbox error
 
 
+@pytest.mark.parametrize("program", [
+    "def len(x):\n    return 3\ndef f(x):\n    return []\n",  # shadows a builtin the tests use
+    "def isclose(a, b):\n    return True\ndef f(x):\n    return 0.0\n",  # shadows the setup's helper
+])
+def test_program_cannot_replace_names_the_tests_rely_on(backend_name, program):
+    b = get_backend(backend_name)
+    tests = "assert len(f(1)) == 3\n" if "len" in program else "assert isclose(f(1), 2.5)\n"
+    r = run(b, program, tests, setup="from math import isclose")
+    assert r.verdict is Verdict.FAIL, r
+
+
 def test_correct_program_passes(backend_name):
     """The control: the same tests and harness do PASS an honest solution."""
     b = get_backend(backend_name)

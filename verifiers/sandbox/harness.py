@@ -24,6 +24,7 @@ Protocol on stdin: `<decimal length>\\n<request JSON>` then `<token>\\n`.
 Report on stdout: one JSON line {"token", "status": passed|failed|timeout|error, "reason", "tests_run", "output"}.
 """
 
+import builtins
 import contextlib
 import io
 import json
@@ -324,7 +325,10 @@ class Judge:
         if req.get("prompt"):
             exec(compile(req["prompt"], "<prompt>", "exec"), ns)  # trusted helpers (HumanEval's poly, ...)
         entry = req.get("entry_point")
-        names = [entry] if entry else [n for n in hello["names"] if n.isidentifier()]
+        # Only names the trusted side does not define: a program's own `len` or `isclose` must never replace
+        # the builtin or the setup's version that the tests mean.
+        names = [entry] if entry else [n for n in hello["names"]
+                                       if n.isidentifier() and n not in ns and not hasattr(builtins, n)]
         if entry and entry not in hello["names"]:
             return "failed", f"the program does not define {entry}()", 0
         for n in names:

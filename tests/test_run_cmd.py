@@ -58,7 +58,7 @@ def test_a_row_missing_fields_is_an_error_naming_the_row(tmp_path):
     result = CliRunner().invoke(cli, ["run", "--task", "gsm8k", "--model", "tiny-random", "--data-file", str(data),
                                       "--output-dir", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code == 1
-    assert "row 2" in result.output and "answer" in result.output
+    assert "bad.jsonl" in result.output and "row 1" in result.output and "answer" in result.output  # rows count from 0
     assert "Traceback" not in result.output
 
 

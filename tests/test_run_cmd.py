@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -82,3 +83,20 @@ def test_code_task_runs_on_the_same_trainer(tmp_path):
     (row,) = read_metrics(out / "metrics.jsonl")
     assert row["verdict/error"] < 1.0  # the sandbox graded the programs instead of failing to run them
     assert (out / "checkpoint-1" / "config.json").is_file()
+
+
+def test_paper_recipe_holds_the_papers_settings():
+    cfg = Config.load(Path(demo_recipe()).with_name("paper-gsm8k.yaml"))
+    assert cfg.model.name == "Qwen/Qwen2.5-Math-1.5B" and cfg.task.name == "numina-math"
+    assert (cfg.sft.num_examples, cfg.task.offset, cfg.task.limit) == (5000, 0, 5000)  # disjoint 5k + 5k
+    assert (cfg.tree.l_min, cfg.tree.h_th, cfg.tree.entropy_top, cfg.tree.max_depth) == (150, 1.0, 20, 7)
+    assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.top_k) == (0.6, 0.85, 25)
+    assert (cfg.loss.eps_low, cfg.optim.lr, cfg.train.ppo_epochs) == (0.2, 1e-6, 1)
+
+
+def test_a_second_run_into_the_same_directory_must_say_resume(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    result = CliRunner().invoke(cli, ["run", "--task", "arithmetic", "--model", "tiny-random", "--output-dir", str(out)])
+    assert result.exit_code == 1 and "--resume" in result.output

@@ -98,7 +98,12 @@ class Trainer:
         from .verify_pool import check_sandbox_allowed
 
         self.cfg, self.resume, self.progress = cfg, resume, progress
+        if resume and not cfg.run.output_dir:
+            raise TrainingError("--resume needs the run directory: pass --output-dir (or set run.output_dir)")
         self.out = Path(cfg.run.output_dir or default_output_dir("run"))
+        if not resume and (latest_checkpoint(self.out) or (self.out / "metrics.jsonl").is_file()):
+            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it, or choose "
+                                "another --output-dir")
         cfg.run.output_dir = str(self.out)
         check_sandbox_allowed(cfg.verifier, unsafe)
         self.task = create_task(cfg)
@@ -187,6 +192,8 @@ class Trainer:
             cfg.save(self.out / "config.yaml")
         sft_examples, examples, held_out = self.split_examples()
         ckpt = latest_checkpoint(self.out) if self.resume else None
+        if self.resume and ckpt is None:
+            self.note(f"no complete checkpoint in {self.out} yet; starting from the beginning")
         start_model = self.warm_up(sft_examples) if ckpt is None else None
 
         model, tokenizer = load_trainable(cfg, acc, str(ckpt) if ckpt else start_model)

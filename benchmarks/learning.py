@@ -32,6 +32,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import time
@@ -117,41 +118,46 @@ class BudgetTrainer(Trainer):
             self.cfg.run.max_steps = step  # see the class docstring; the final evaluation follows this step
         elif crossed:
             self.evaluate_now()
+        print(f"  [{self.cfg.tree.mode}] step {step}: {self.step_tokens[-1]} unique tokens "
+              f"({self.tokens_unique}/{self.budget}), mean leaf reward {row['reward_mean']}", file=sys.stderr, flush=True)
         return row
 
 
-def base_config(work: Path, quick: bool, model: str | None, extra: tuple[str, ...] = ()):
-    cfg = Config.load(demo_recipe(), [*SHARED, *(QUICK if quick else ()), *extra])
-    if model:
-        cfg.set(f"model.name={model}")
+def base_config(work: Path, args, extra: tuple[str, ...] = ()):
+    cfg = Config.load(demo_recipe(), [*SHARED, *(QUICK if args.quick else ()), *extra])
+    if args.model:
+        cfg.set(f"model.name={args.model}")
+    if args.sft_examples is not None:
+        cfg.sft.num_examples = args.sft_examples
     cfg.run.output_dir = str(work)
     return cfg
 
 
-def warm_start(work: Path, quick: bool, model: str | None) -> tuple[str, int, float]:
-    """SFT once on the demo's worked solutions; returns (model dir, number of SFT examples, seconds)."""
-    cfg = base_config(work / "sft-run", quick, model)
-    t0 = time.monotonic()
+def warm_start(work: Path, args) -> tuple[str, int, float, float]:
+    """SFT once on the demo's worked solutions; returns (model dir, number of SFT examples, wall and CPU
+    seconds)."""
+    cfg = base_config(work / "sft-run", args)
+    t0, cpu0 = time.monotonic(), cpu_seconds()
     trainer = Trainer(cfg, progress=False)
     sft_examples = trainer.split_examples()[0]
     sft_dir = trainer.warm_up(sft_examples)
     del trainer
     gc.collect()
-    return sft_dir, cfg.sft.num_examples, time.monotonic() - t0
+    return sft_dir, cfg.sft.num_examples, time.monotonic() - t0, cpu_seconds() - cpu0
 
 
 def run_arm(name: str, work: Path, args, sft_dir: str, n_sft: int, eval_examples, initial: dict | None) -> dict:
     # RL prompts start right after the SFT ones (same shuffle), as in a `treerpo run` with the warm-up on
-    cfg = base_config(work / name, args.quick, args.model,
+    cfg = base_config(work / name, args,
                       (f"tree.mode={ARMS[name]}", "sft.num_examples=0", f"task.offset={n_sft}"))
     cfg.model.name = sft_dir
     shutil.rmtree(work / name, ignore_errors=True)
     marks = [round(args.budget * (i + 1) / args.evals) for i in range(args.evals)]
     trainer = BudgetTrainer(cfg, budget=args.budget, eval_examples=eval_examples, marks=marks, initial=initial,
                             max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_seconds()
     summary = trainer.run()
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     result = {
         "mode": cfg.tree.mode, "steps": summary["steps"],
         "initial_eval_accuracy": trainer.curve[0]["accuracy"], "final_eval_accuracy": trainer.curve[-1]["accuracy"],
@@ -159,7 +165,7 @@ def run_arm(name: str, work: Path, args, sft_dir: str, n_sft: int, eval_examples
         "tokens_unique_per_step": trainer.step_tokens,
         "tokens_unique": trainer.tokens_unique, "tokens_path_sum": trainer.tokens_path_sum,
         "wall_seconds": round(wall, 1), "eval_seconds": round(trainer.eval_seconds, 1),
-        "train_seconds": round(wall - trainer.eval_seconds, 1),
+        "train_seconds": round(wall - trainer.eval_seconds, 1), "cpu_seconds": round(cpu, 1),
         "leaves_error": summary["leaves_error"], "leaves_timeout": summary["leaves_timeout"],
     }
     for ckpt in (work / name).glob("checkpoint-*"):  # weights + optimizer state: GBs this script never reads
@@ -167,6 +173,13 @@ def run_arm(name: str, work: Path, args, sft_dir: str, n_sft: int, eval_examples
     del trainer
     gc.collect()
     return result
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads): on a shared machine it tracks the work done, where wall
+    time tracks the neighbours too."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def plot(results: dict, budget: int, path: Path) -> None:
@@ -217,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=int, default=None,
                     help=f"unique generated tokens per arm (default {FULL_BUDGET}, quick {QUICK_BUDGET})")
     ap.add_argument("--eval-n", type=int, default=None, help="test problems per evaluation (default 128, quick 4)")
-    ap.add_argument("--evals", type=int, default=None, help="evaluations during training (default 6, quick 2)")
+    ap.add_argument("--evals", type=int, default=None, help="evaluations after the start, at evenly spaced token marks, the last at the budget (default 6, quick 2)")
+    ap.add_argument("--sft-examples", type=int, default=None,
+                    help="worked solutions for the SFT warm-up (default: the demo's 160, quick 8)")
     ap.add_argument("--model", default=None, help="model alias or directory (default: the demo's smollm2-135m)")
     args = ap.parse_args(argv)
     args.budget = args.budget or (QUICK_BUDGET if args.quick else FULL_BUDGET)
@@ -229,8 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(work, ignore_errors=True)  # a stale SFT directory would be reused silently
 
     t_all = time.monotonic()
-    sft_dir, n_sft, sft_seconds = warm_start(work, args.quick, args.model)
-    cfg = base_config(work, args.quick, args.model)
+    load_start = os.getloadavg()
+    sft_dir, n_sft, sft_seconds, sft_cpu = warm_start(work, args)
+    cfg = base_config(work, args)
     eval_examples = select(create_task(cfg).examples("test"), limit=args.eval_n, shuffle_seed=None)
     results, initial = {}, None
     for name in ARMS:
@@ -241,12 +257,15 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "task": cfg.task.name, "model": args.model or cfg.model.name, "quick": args.quick,
         "budget_unique_tokens": args.budget, "eval_n": len(eval_examples), "eval_split": "test (first eval_n)",
-        "sft_examples": n_sft, "sft_seconds": round(sft_seconds, 1), "total_seconds": round(time.monotonic() - t_all, 1),
+        "sft_examples": n_sft, "sft_seconds": round(sft_seconds, 1),
+        "sft_cpu_seconds": round(sft_cpu, 1), "total_seconds": round(time.monotonic() - t_all, 1),
         "settings": {"recipe": "recipes/demo.yaml", "shared_overrides": list(SHARED) + (list(QUICK) if args.quick else []),
                      "prompts_per_step": cfg.train.prompts_per_step, "lr": cfg.optim.lr, "n_flat": cfg.tree.n_flat,
-                     "max_new_tokens": cfg.sampling.max_new_tokens, "eval_max_new_tokens": cfg.eval.max_new_tokens},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                     "max_new_tokens": cfg.sampling.max_new_tokens, "eval_max_new_tokens": cfg.eval.max_new_tokens,
+                     "tree": cfg.to_dict()["tree"]},
+        "machine": {  # wall seconds depend on the load; CPU seconds much less so"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_avg_at_start": load_start,
                     "load_avg_at_end": os.getloadavg()},
         "arms": results,
     }

@@ -7,9 +7,12 @@ pair is distinct and each repeat uses a fresh pool, so the verifier's cache neve
 The in-process, single-process rate (no pool, no kill-able workers) is measured alongside as the plain
 alternative.
 
-    python benchmarks/verifiers.py [--checks 400] [--repeats 5] [--workers 2] [--data-file test.jsonl]
+The code checker's figures (bwrap, the docker exec pool, and one `docker run` per check, from
+`benchmarks/code_checks.py`) follow unless `--no-code` is given.
 
-Last line: `boxed_checks_per_s=<x>` (median over repeats).
+    python benchmarks/verifiers.py [--checks 400] [--repeats 5] [--workers 2] [--data-file test.jsonl] [--no-code]
+
+Last line: `boxed_checks_per_s=<x> bwrap_checks_per_s=<y> docker_checks_per_s=<z>` (medians over repeats).
 """
 
 from __future__ import annotations
@@ -80,9 +83,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data-file", type=Path, default=GSM8K_TEST, help="GSM8K test.jsonl (hub layout)")
+    ap.add_argument("--code-checks", type=int, default=40, help="HumanEval checks per repeat for the code figures")
+    ap.add_argument("--no-code", action="store_true", help="boxed only (no bwrap/docker needed)")
     args = ap.parse_args()
     rate = bench_boxed(args.checks, args.repeats, args.workers, data_file=args.data_file)
-    print(f"boxed_checks_per_s={rate:.0f}")
+    if args.no_code:
+        print(f"boxed_checks_per_s={rate:.0f}")
+        return
+    # the code checker's figures (benchmarks/code_checks.py), on the same last line
+    from code_checks import bwrap_checks_per_s, docker_checks_per_s, docker_run_checks_per_s
+
+    bwrap = bwrap_checks_per_s(args.code_checks, min(args.repeats, 3))
+    docker = docker_checks_per_s(args.code_checks, min(args.repeats, 3))
+    per_run = docker_run_checks_per_s()
+    print(f"code checks: bwrap {bwrap:.1f}/s (goal >= 20), docker pool {docker:.1f}/s (goal >= 5), "
+          f"one docker run per check {per_run:.2f}/s ({docker / per_run:.1f}x slower than the pool)")
+    print(f"boxed_checks_per_s={rate:.0f} bwrap_checks_per_s={bwrap:.1f} docker_checks_per_s={docker:.1f}")
 
 
 if __name__ == "__main__":

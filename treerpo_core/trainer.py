@@ -28,7 +28,7 @@ from pathlib import Path
 from .accel import backward_then_sync, create_task, load_trainable, make_accelerator, make_optimizer, reduce_metrics
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import select
+from .data import DataError, select
 from .models import encode_prompt
 from .run_dir import MetricsLog, default_output_dir, dump_trees, read_metrics, write_json
 from .types import Example, Tree, Verdict
@@ -116,7 +116,7 @@ class Trainer:
         """(SFT, RL, held-out): SFT takes the first sft.num_examples after the seeded shuffle and offset, RL
         the next task.limit (or all the rest); held-out is the first run.eval_limit of the test split."""
         cfg = self.cfg
-        shuffled = select(self.task.examples(cfg.task.split), shuffle_seed=cfg.task.shuffle_seed)
+        shuffled = select(self.training_rows(), shuffle_seed=cfg.task.shuffle_seed)
         n_sft = cfg.sft.num_examples
         sft = shuffled[cfg.task.offset:cfg.task.offset + n_sft]
         rl = select(shuffled, offset=cfg.task.offset + n_sft, limit=cfg.task.limit, shuffle_seed=None)
@@ -130,6 +130,23 @@ class Trainer:
             raise TrainingError(f"task {cfg.task.name!r} split {cfg.task.split!r} leaves no RL examples after "
                                 f"task.offset={cfg.task.offset}, sft.num_examples={n_sft}, task.limit={cfg.task.limit}")
         return sft, rl, held_out
+
+    def training_rows(self) -> list[Example]:
+        """The task.split examples. A task without that split (HumanEval has only `test`) trains on the split
+        its `examples()` defaults to, unless the user chose task.split explicitly."""
+        import inspect
+
+        name, split = self.cfg.task.name, self.cfg.task.split
+        try:
+            return list(self.task.examples(split))
+        except DataError:
+            param = inspect.signature(self.task.examples).parameters.get("split")
+            fallback = None if param is None or param.default is inspect.Parameter.empty else param.default
+            if "task.split" in self.cfg.explicit or fallback in (None, split):
+                raise
+        self.note(f"task {name!r} has no {split!r} split; training on its {fallback!r} split (set task.split to "
+                  "choose); the summary's accuracy is then not on held-out problems")
+        return list(self.task.examples(fallback))
 
     def note(self, msg: str) -> None:
         if self.main:
@@ -265,7 +282,9 @@ class Trainer:
                 if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.run.max_steps:
                     save_checkpoint(acc, self.out, step, model=model, tokenizer=tokenizer,
                                     state={"phase": "rl", "data_position": position}, keep_last=cfg.run.keep_last)
-                bar.set_postfix(reward=f"{row['reward_mean']:.3f}", step_s=f"{time.monotonic() - t_step:.1f}")
+                reward = row["reward_mean"]  # None when no leaf could be graded this step
+                bar.set_postfix(reward="n/a" if reward is None else f"{reward:.3f}",
+                                step_s=f"{time.monotonic() - t_step:.1f}")
                 bar.update(1)
             bar.close()
             end_acc = self.held_out_accuracy(policy, tokenizer, held_out, pool, "final")

@@ -167,7 +167,8 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     """One completion per prompt (token ids), in input order. Temperature 0 is greedy decoding; otherwise
     temperature then nucleus (top-p) sampling, with no repetition penalty or top-k: the paper's eval settings
     are only temperature and top-p. Prompts are batched longest-first so rows of a batch have similar lengths."""
-    eos = {tokenizer.eos_token_id} | _as_set(getattr(model.generation_config, "eos_token_id", None))
+    inner = getattr(model, "module", model)  # the trainer may hand over a DDP-wrapped model
+    eos = {tokenizer.eos_token_id} | _as_set(getattr(getattr(inner, "generation_config", None), "eos_token_id", None))
     eos.discard(None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -226,7 +227,7 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, eos_ids: list[
 def _cached_forward(model) -> Callable:
     """forward(ids, mask, positions, cache) -> (last-position logits (b, V) in fp32, new cache), across the
     transformers versions that call the KV-cache argument `cache` (5.x) or `past_key_values` (4.x)."""
-    params = inspect.signature(model.forward).parameters
+    params = inspect.signature(getattr(model, "module", model).forward).parameters  # DDP: the wrapped model's
     cache_arg = "cache" if "cache" in params else "past_key_values"
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 

@@ -124,11 +124,11 @@ class BudgetTrainer(Trainer):
 
 
 def base_config(work: Path, args, extra: tuple[str, ...] = ()):
-    cfg = Config.load(demo_recipe(), [*SHARED, *(QUICK if args.quick else ()), *extra])
-    if args.model:
-        cfg.set(f"model.name={args.model}")
+    chosen = [f"model.name={args.model}"] if args.model else []
     if args.sft_examples is not None:
-        cfg.sft.num_examples = args.sft_examples
+        chosen.append(f"sft.num_examples={args.sft_examples}")
+    # `extra` last: an arm's own settings (no second SFT) win over the command line's
+    cfg = Config.load(demo_recipe(), [*SHARED, *(QUICK if args.quick else ()), *chosen, *extra])
     cfg.run.output_dir = str(work)
     return cfg
 

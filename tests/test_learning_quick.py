@@ -24,7 +24,7 @@ def quick(tmp_path_factory):
     base = tmp_path_factory.mktemp("learning")
     out, work = base / "out", base / "work"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick",
-                           "--out-dir", str(out), "--work-dir", str(work)],
+                           "--sft-examples", "6", "--out-dir", str(out), "--work-dir", str(work)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"report": json.loads((out / "learning.json").read_text()), "out": out, "work": work,
@@ -50,7 +50,7 @@ def test_arms_share_the_sft_checkpoint_prompts_and_optimizer(quick):
     assert Path(tree["model"]["name"]).is_relative_to(quick["work"])  # the SFT warm-up this run made
     assert tree["sft"]["num_examples"] == flat["sft"]["num_examples"] == 0
     # RL prompts begin right after the SFT ones, in the same seeded order, for both arms
-    assert tree["task"] == flat["task"] and tree["task"]["offset"] == quick["report"]["sft_examples"] > 0
+    assert tree["task"] == flat["task"] and tree["task"]["offset"] == quick["report"]["sft_examples"] == 6
     assert tree["optim"] == flat["optim"] and tree["train"] == flat["train"] and tree["run"]["seed"] == flat["run"]["seed"]
     arms = quick["report"]["arms"]
     assert arms["treerpo"]["initial_eval_accuracy"] == arms["grpo"]["initial_eval_accuracy"]

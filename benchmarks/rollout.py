@@ -5,7 +5,7 @@
 
 For `--prompts` GSM8K prompts (the gsm8k task's own prompt format and `text` delimiter rule):
 1. the tree engine grows one tree per prompt, all together, up to `--leaves` leaves
-   (l_min=16, h_th=0.5 so trees fill up within `--max-new-tokens`), timed;
+   (`--l-min` 8, `--h-th` 0.5 by default, so trees fill up within `--max-new-tokens`), timed;
 2. `model.generate` samples `--leaves` completions per prompt (the same number of sequences as the trees
    have leaves) with the same sampling settings, each forced to the trees' mean path length
    (min_new_tokens = max_new_tokens), so both produce the same path sum; timed.
@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--leaves", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--l-min", type=int, default=8, help="tree.l_min, low enough that trees fill up")
+    ap.add_argument("--h-th", type=float, default=0.5, help="tree.h_th")
     ap.add_argument("--data-file", default=str(DEFAULT_DATA))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
@@ -52,10 +54,10 @@ def main() -> None:
     examples = select(task.examples("test"), limit=args.prompts, shuffle_seed=None)
     model, tokenizer = load_model(args.model, device="cpu")
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
-    tree_cfg = TreeConfig(l_min=16, h_th=0.5, max_leaves=args.leaves, s_min=10**6)
+    tree_cfg = TreeConfig(l_min=args.l_min, h_th=args.h_th, max_leaves=args.leaves, s_min=10**6)
     engine = TreeEngine(model, tokenizer, tree=tree_cfg, sampling=sampling, delimiter=create_delimiter(task.default_delimiter))
     print(f"model {args.model} on CPU ({torch.get_num_threads()} threads), {len(examples)} prompts, "
-          f"{args.leaves} leaves per tree, max_new_tokens {args.max_new_tokens}, sampling {sampling}", flush=True)
+          f"up to {args.leaves} leaves per tree, l_min {args.l_min}, h_th {args.h_th}, sampling {sampling}", flush=True)
 
     prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
     tree_runs, gen_runs = [], []

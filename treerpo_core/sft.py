@@ -19,6 +19,7 @@ written last, marks a finished run.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -132,8 +133,6 @@ def train_sft(cfg: Config, accelerator, examples: list[Example], *, output_dir: 
     summary dict (also saved as `sft_complete.json`). A finished `output_dir` is left as it is."""
     output_dir = Path(output_dir)
     if sft_complete(output_dir):
-        import json
-
         return json.loads((output_dir / COMPLETE_FILE).read_text())
     if not examples:
         raise DataError("SFT: no examples (check sft.num_examples, task.offset, task.limit)")

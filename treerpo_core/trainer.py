@@ -19,6 +19,7 @@ the same prompts with the same seed as the killed run would have.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -175,8 +176,6 @@ class Trainer:
             return None
         path = self.out / f"eval-{name}.json"
         if path.is_file():
-            import json
-
             return json.loads(path.read_text())
         acc = self.accelerator
         mine = held_out[acc.process_index::acc.num_processes]

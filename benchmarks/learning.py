@@ -56,7 +56,10 @@ SHARED = ("run.eval_limit=0", "run.save_every=0", "run.dump_every=0", "run.keep_
 QUICK = ("model.name=tiny-random", "task.options.train_size=256", "sft.num_examples=8", "sft.batch_size=4",
          "sampling.max_new_tokens=24", "eval.max_new_tokens=16", "train.prompts_per_step=2", "tree.n_flat=4",
          "tree.max_leaves=4", "optim.lr=1e-3")
-FULL_BUDGET, QUICK_BUDGET = 60_000, 150
+# Full-mode size, estimated (the shared machine was too loaded to time it): on 2 idle cores SFT ~5 min, one greedy
+# eval of 128 problems ~1 min (11 of them), an RL step of 4 prompts ~30 s for ~1-1.5k unique tokens, so
+# 40k tokens per arm is ~30 steps, ~15-20 min per arm: ~50-60 min in all.
+FULL_BUDGET, QUICK_BUDGET = 40_000, 150
 
 
 class BudgetTrainer(Trainer):
@@ -230,14 +233,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=int, default=None,
                     help=f"unique generated tokens per arm (default {FULL_BUDGET}, quick {QUICK_BUDGET})")
     ap.add_argument("--eval-n", type=int, default=None, help="test problems per evaluation (default 128, quick 4)")
-    ap.add_argument("--evals", type=int, default=None, help="evaluations after the start, at evenly spaced token marks, the last at the budget (default 6, quick 2)")
+    ap.add_argument("--evals", type=int, default=None, help="evaluations after the start, at evenly spaced token marks, the last at the budget (default 5, quick 2)")
     ap.add_argument("--sft-examples", type=int, default=None,
                     help="worked solutions for the SFT warm-up (default: the demo's 160, quick 8)")
     ap.add_argument("--model", default=None, help="model alias or directory (default: the demo's smollm2-135m)")
     args = ap.parse_args(argv)
     args.budget = args.budget or (QUICK_BUDGET if args.quick else FULL_BUDGET)
     args.eval_n = args.eval_n or (4 if args.quick else 128)
-    args.evals = args.evals or (2 if args.quick else 6)
+    args.evals = args.evals or (2 if args.quick else 5)
     work = Path(args.work_dir or ROOT / "runs" / ("learning-quick" if args.quick else "learning"))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

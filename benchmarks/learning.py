@@ -55,7 +55,10 @@ ARMS = {"treerpo": "tree", "grpo": "flat"}
 SHARED = ("run.eval_limit=0", "run.save_every=0", "run.dump_every=0", "run.keep_last=1", "run.max_steps=100000")
 QUICK = ("model.name=tiny-random", "task.options.train_size=256", "sft.num_examples=8", "sft.batch_size=4",
          "sampling.max_new_tokens=24", "eval.max_new_tokens=16", "train.prompts_per_step=2", "tree.n_flat=4",
-         "tree.max_leaves=4", "optim.lr=1e-3")
+         "tree.max_leaves=4", "optim.lr=1e-3",
+         # pinned so the smoke test's token arithmetic (two tree steps to the budget) does not move with the
+         # demo recipe's tree thresholds; the full mode keeps the demo's
+         "tree.h_th=1.0", "tree.l_min=8", "tree.s_min=64")
 # Full-mode size, estimated (the shared machine was too loaded to time it): on 2 idle cores SFT ~5 min, one greedy
 # eval of 128 problems ~1 min (11 of them), an RL step of 4 prompts ~30 s for ~1-1.5k unique tokens, so
 # 40k tokens per arm is ~30 steps, ~15-20 min per arm: ~50-60 min in all.

@@ -6,7 +6,10 @@ forward per tree) and once with one sequence per node holding its full prefix an
 run forward+backward; we report the median time of each, the unique-token ratio (the speedup to expect
 when cost follows tokens) and the largest difference between the two ways' log-probs.
 
-    python benchmarks/tree_forward.py [--model smollm2-135m] [--repeats 3]
+    python benchmarks/tree_forward.py [--model smollm2-135m] [--repeats 3] [--dense-mask]
+
+The packed forward uses tree attention, as the trainer does (each segment attends to its own path's keys;
+treerpo_core/tree_attention.py); `--dense-mask` measures SDPA with the dense [L, L] ancestor mask instead.
 
 Last line: `speedup=<x> max_abs_diff=<d>`. Run it on a quiet machine when you can; on a shared one the
 medians still compare like with like, since the two ways alternate within each repeat.
@@ -26,6 +29,7 @@ from treerpo_core.logprobs import token_logprobs
 from treerpo_core.loss import PolicyLoss, accumulate_policy_gradient
 from treerpo_core.models import load_model
 from treerpo_core.packing import tree_logprobs
+from treerpo_core.tree_attention import use_tree_attention
 from treerpo_core.types import Node, Tree
 
 TEMPERATURE = 0.6
@@ -74,9 +78,13 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-packed-tokens", type=int, default=4096)
+    parser.add_argument("--dense-mask", action="store_true",
+                        help="SDPA with the dense ancestor mask, not tree attention")
     args = parser.parse_args()
 
     model, _ = load_model(args.model, dtype="float32", device="cpu")
+    if not args.dense_mask:
+        use_tree_attention(model)  # per-node rows carry no tree layout: they run plain SDPA either way
     model.train()
     tree = synthetic_tree(vocab=model.config.vocab_size)
     loss_fn = PolicyLoss(LossConfig())
@@ -90,6 +98,7 @@ def main() -> None:
         row_tokens += len(tree.prompt_token_ids) + len(tree.path_token_ids(n.id))
     print(f"tree: {len(tree.leaves())} leaves, depth {max(n.depth for n in tree.nodes)}, {len(tree.nodes) - 1} nodes; "
           f"packed tokens {unique}, per-node row tokens {row_tokens}, unique-token ratio {row_tokens / unique:.2f}x")
+    print(f"packed attention: {'dense ancestor mask (SDPA)' if args.dense_mask else 'tree attention'}")
     print(f"threads {torch.get_num_threads()}; machine shared with other jobs: times are medians of {args.repeats}")
 
     packed_times, row_times = [], []

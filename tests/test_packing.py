@@ -16,14 +16,19 @@ from treerpo_core.loss import PolicyLoss, accumulate_policy_gradient
 from treerpo_core.models import load_model
 from treerpo_core.packing import (PackingError, ancestor_mask, build_pack, chunked_logprobs, pack_logprobs,
                                   plan_packs, tree_logprobs)
+from treerpo_core.tree_attention import use_tree_attention
 from treerpo_core.types import Node, Tree
 
 TEMPERATURE = 0.7
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["tree", "sdpa"])
+def model(request):
+    """Every exactness test runs twice: with tree attention (what the trainer uses: each segment attends to
+    its path's keys) and with SDPA taking the dense [L, L] ancestor mask."""
     m, _ = load_model("tiny-random", dtype="float32", device="cpu")
+    if request.param == "tree":
+        assert use_tree_attention(m)
     return m
 
 

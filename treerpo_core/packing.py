@@ -20,14 +20,18 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .logprobs import token_logprobs
+from .tree_attention import NAME as TREE_ATTENTION
+from .tree_attention import tree_layout
 from .types import Tree
 
-# Attention implementations that take a custom mask, each with the mask form it honours (below). In
+# Attention implementations that honour the tree, each with the input it takes (below). Tree attention
+# (tree_attention.py, what the trainer switches SDPA models to) takes the per-segment layout. In
 # transformers 5.24 `masking_utils._preprocess_mask_arguments` returns any 4-D mask (tensor or BlockMask)
 # unchanged; SDPA passes it to `scaled_dot_product_attention` as `attn_mask` (bool: True = attend), the eager
 # path *adds* it to the attention scores (a bool mask there would be silently wrong), and flex_attention takes
 # a BlockMask. Others are refused: flash_attention_2/3 take no arbitrary mask and would silently attend
 # across sibling branches.
+
 # output-logit transforms some model families apply after lm_head; we apply lm_head ourselves, so a model
 # with one of these would get wrong log-probs
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -174,17 +178,29 @@ def flex_block_mask(slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch
     return create_block_mask(mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=slot.device)
 
 
+def tree_inputs(slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch.dtype) -> dict:
+    """For tree attention (tree_attention.py): each segment attends to its own path's keys, given by the layout.
+    The 4-D placeholder mask makes transformers skip building a mask of its own: the position ids of a pack
+    restart along branches, and an [L, L] mask from them would be both wrong and the cost we avoid."""
+    placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=slot.device)
+    return {"attention_mask": placeholder, "tree_layout": tree_layout(slot, slot_visible)}
+
+
 MASK_FORMS = {"sdpa": sdpa_mask, "eager": eager_mask, "flex_attention": flex_block_mask}
 
 
-def attention_mask_for(model, slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch.dtype):
-    """The ancestor mask in the form the model's attention implementation honours; refuses the others."""
+def attention_inputs(model, slot: torch.Tensor, slot_visible: torch.Tensor, dtype: torch.dtype) -> dict:
+    """The keyword arguments that make the model's attention honour the ancestor mask: tree attention's
+    layout, or the mask in the form the model's implementation takes; refuses the implementations that
+    would ignore it."""
     impl = _unwrap(model).config._attn_implementation
+    if impl == TREE_ATTENTION:
+        return tree_inputs(slot, slot_visible, dtype)
     if impl not in MASK_FORMS:
         raise PackingError(
             f"attn_implementation={impl!r} cannot take the tree's 4-D ancestor mask (it would attend across "
             f"sibling branches); load the model with model.attn_implementation set to one of {', '.join(MASK_FORMS)}")
-    return MASK_FORMS[impl](slot, slot_visible, dtype)
+    return {"attention_mask": MASK_FORMS[impl](slot, slot_visible, dtype)}
 
 
 # -- forward ---------------------------------------------------------------------------------------
@@ -195,9 +211,9 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def final_hidden_states(model, input_ids: torch.Tensor, attention_mask, position_ids: torch.Tensor) -> torch.Tensor:
-    """input_ids [L], attention_mask [1, 1, L, L] (tensor or BlockMask), position_ids [L] -> hidden [L, H]
-    (after the final norm).
+def final_hidden_states(model, input_ids: torch.Tensor, attention: dict, position_ids: torch.Tensor) -> torch.Tensor:
+    """input_ids [L], attention (from `attention_inputs`), position_ids [L] -> hidden [L, H] (after the final
+    norm).
 
     The call goes through `model` itself, not its inner base model, so a DDP wrapper's forward still runs
     and registers the gradient hooks; `logits_to_keep=1` keeps its own lm_head to a single row, and a
@@ -210,8 +226,8 @@ def final_hidden_states(model, input_ids: torch.Tensor, attention_mask, position
     captured = []
     handle = inner.base_model.register_forward_hook(lambda mod, args, out: captured.append(out.last_hidden_state))
     try:
-        model(input_ids=input_ids[None], attention_mask=attention_mask, position_ids=position_ids[None],
-              use_cache=False, logits_to_keep=1)
+        model(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False, logits_to_keep=1,
+              **attention)
     finally:
         handle.remove()
     return captured[0][0]
@@ -243,9 +259,9 @@ def pack_logprobs(model, pack: Pack, *, temperature: float, chunk_size: int = 51
     inner = _unwrap(model)
     device = next(inner.parameters()).device
     dtype = next(inner.parameters()).dtype
-    mask = attention_mask_for(model, pack.slot.to(device), pack.slot_visible, dtype)
+    attention = attention_inputs(model, pack.slot.to(device), pack.slot_visible, dtype)
     input_ids = pack.input_ids.to(device)
-    hidden = final_hidden_states(model, input_ids, mask, pack.position_ids.to(device))  # [L, H]
+    hidden = final_hidden_states(model, input_ids, attention, pack.position_ids.to(device))  # [L, H]
     rows = torch.cat([pack.predictors[nid] for nid in pack.wanted]).to(device)  # [N]
     targets = torch.cat([input_ids[slice(*pack.spans[nid])] for nid in pack.wanted])  # [N]
     logp = chunked_logprobs(inner.get_output_embeddings(), hidden[rows], targets, temperature, chunk_size)

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from .accel import backward_then_sync, load_trainable, make_optimizer, reduce_metrics
+from .accel import backward_then_sync, check_distributed, load_trainable, make_optimizer, reduce_metrics
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model_dir
 from .config import Config
 from .data import DataError
 from .models import encode_prompt
-from .packing import attention_mask_for, chunked_logprobs, final_hidden_states
+from .packing import attention_inputs, chunked_logprobs, final_hidden_states
 from .run_dir import MetricsLog, write_json
 from .types import Example
 
@@ -102,9 +102,9 @@ def row_completion_logprobs(model, row: list[SFTSample]) -> torch.Tensor:
         predictors += range(first - 1, first - 1 + len(s.completion_ids))  # token t is predicted at t - 1
     ids_t = torch.tensor(ids, device=device)
     # each sample is its own slot and sees only itself: a block-diagonal causal mask
-    mask = attention_mask_for(model, torch.tensor(segment, device=device),
-                              torch.eye(len(row), dtype=torch.bool, device=device), dtype)
-    hidden = final_hidden_states(model, ids_t, mask, torch.tensor(positions, device=device))
+    attention = attention_inputs(model, torch.tensor(segment, device=device),
+                                 torch.eye(len(row), dtype=torch.bool, device=device), dtype)
+    hidden = final_hidden_states(model, ids_t, attention, torch.tensor(positions, device=device))
     rows = torch.tensor(predictors, device=device)
     return chunked_logprobs(inner.get_output_embeddings(), hidden[rows], ids_t[rows + 1], 1.0)
 
@@ -145,6 +145,7 @@ def train_sft(cfg: Config, accelerator, examples: list[Example], *, output_dir: 
     optimizer, scheduler = make_optimizer(model, lr=cfg.sft.lr, weight_decay=cfg.optim.weight_decay,
                                           warmup_steps=cfg.optim.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    check_distributed(accelerator, model)
     start = load_checkpoint(accelerator, ckpt)["step"] if ckpt else 0
     log = MetricsLog(output_dir / "metrics.jsonl", resume_step=start) if accelerator.is_main_process else None
 

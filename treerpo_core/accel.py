@@ -9,6 +9,7 @@ the same arithmetic and the PPO ratio is 1 at unchanged weights (ARCHITECTURE.md
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -33,13 +34,16 @@ def make_accelerator(cfg: Config, *, log_with: list[str] | None = None, project_
 
 
 def load_trainable(cfg: Config, accelerator, name: str | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) on this rank's device, in train mode, gradient checkpointing per config."""
+    """(model, tokenizer) on this rank's device, in train mode, gradient checkpointing per config; an SDPA
+    model gets tree attention, which is SDPA outside the packed forward (tree_attention.py)."""
     from .models import load_model, strip_quantization_mark
+    from .tree_attention import use_tree_attention
 
     model, tokenizer = load_model(name or cfg.model.name, dtype=cfg.model.dtype,
                                   attn_implementation=cfg.model.attn_implementation,
                                   device=accelerator.device, options=cfg.model.options)
     model = strip_quantization_mark(model).to(accelerator.device)  # checkpoints must load as plain models
+    use_tree_attention(model)
     if cfg.train.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -67,22 +71,108 @@ def reduce_metrics(accelerator, values: dict[str, float], reduction: str = "mean
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 
+def fsdp2_units(model) -> list:
+    """The FSDP2 (`fully_shard`) modules of `model`, outermost first; empty for anything else."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def full_parameters(model):
+    """Under FSDP2 with several ranks: all-gather every parameter once on entry and keep them gathered
+    (no resharding after forward or backward) until exit; elsewhere a no-op.
+
+    Why: FSDP2 all-gathers a unit's parameters in every forward, a collective, so ranks must run the same
+    number of forwards. TreeRPO ranks do not: their trees grow to different lengths and split into different
+    numbers of packs. Inside this context forwards and backwards communicate nothing (with gradient sync off,
+    gradients accumulate unsharded), at the price of holding the full parameters for the step, as ZeRO-2
+    does; optimizer state and reduced gradients stay sharded. Leave it before `optimizer.step()`, which
+    updates the sharded parameters the next entry gathers again."""
+    import torch.distributed as dist
+
+    units = fsdp2_units(model)
+    if not units or not dist.is_initialized() or dist.get_world_size() == 1:
+        yield
+        return
+    # FSDP2's first forward initialises the root (whose parameters then stay gathered after forward, which the
+    # packed forward's own lm_head call relies on); do it first, so the settings put back below are the
+    # initialised ones
+    units[0]._get_fsdp_state()._lazy_init()
+    saved = []  # FSDP2 has no getters for these settings: keep its own values to put back
+    for m in units:
+        state = m._get_fsdp_state()
+        saved.append((state, state._auto_reshard_after_forward,
+                      [(g.post_forward_mesh_info, g.reshard_after_backward) for g in state._fsdp_param_groups]))
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.set_reshard_after_backward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+        for state, auto, groups in saved:
+            state._auto_reshard_after_forward = auto
+            for g, (mesh_info, after_backward) in zip(state._fsdp_param_groups, groups):
+                g.post_forward_mesh_info, g.reshard_after_backward = mesh_info, after_backward
+
+
+@contextlib.contextmanager
+def no_gradient_sync(accelerator, model):
+    """Gradient sync off for DDP (through accelerate) and for FSDP2 (directly: accelerate only knows a model
+    is FSDP2 when it wrapped it itself)."""
+    units = fsdp2_units(model)
+    if not units:
+        with accelerator.no_sync(model):
+            yield
+        return
+    units[0].set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        units[0].set_requires_gradient_sync(True)
+
+
 def backward_then_sync(accelerator, model, run_backwards):
     """Run `run_backwards()` (any number of `accelerator.backward` calls) with gradient sync off, then one
-    zero-valued backward with sync on, which makes DDP all-reduce the accumulated gradients exactly once.
+    zero-valued backward with sync on, which makes DDP all-reduce (FSDP2 reduce-scatter) the accumulated
+    gradients exactly once.
 
     Why: ranks run different numbers of backward passes (trees split into different numbers of packs, SFT
     rows pack differently), and DDP's all-reduce inside each backward would pair them up wrongly or deadlock.
+    Under FSDP2 the forwards are collectives too; `full_parameters` keeps them silent.
     Returns what `run_backwards` returns."""
     if accelerator.num_processes == 1:
         return run_backwards()
-    with accelerator.no_sync(model):
-        out = run_backwards()
-    # a real forward through the wrapper, so DDP prepares its reducer; every parameter gets a zero gradient
-    probe = torch.zeros(1, 1, dtype=torch.long, device=accelerator.device)
-    logits = model(input_ids=probe, use_cache=False).logits
-    accelerator.backward(logits.sum() * 0.0)
+    with full_parameters(model):
+        with no_gradient_sync(accelerator, model):
+            out = run_backwards()
+        # a real forward through the wrapper, so DDP prepares its reducer; every parameter gets a zero gradient
+        probe = torch.zeros(1, 1, dtype=torch.long, device=accelerator.device)
+        logits = model(input_ids=probe, use_cache=False).logits
+        accelerator.backward(logits.sum() * 0.0)
     return out
+
+
+def check_distributed(accelerator, model) -> None:
+    """Refuse the sharding schemes whose collectives would pair up wrongly across TreeRPO's uneven ranks."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise RuntimeError(
+            "DeepSpeed is not supported: its engine reduces gradients inside every backward, and TreeRPO ranks run "
+            "different numbers of backward passes per step (trees split into different numbers of packs), which "
+            "would pair the reductions up wrongly or hang. Use DDP or FSDP2 (`fsdp_version: 2` in the accelerate "
+            "config).")
+    if kind == DistributedType.FSDP and not fsdp2_units(model):
+        raise RuntimeError(
+            "FSDP1 is not supported (the rollout would generate from flattened, sharded parameters); set "
+            "`fsdp_version: 2` in the accelerate config.")
 
 
 def create_task(cfg: Config):

@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accel import backward_then_sync, create_task, load_trainable, make_accelerator, make_optimizer, reduce_metrics
+from .accel import (backward_then_sync, check_distributed, create_task, full_parameters, load_trainable,
+                    make_accelerator, make_optimizer, reduce_metrics)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import DataError, select
@@ -216,6 +217,7 @@ class Trainer:
         optimizer, scheduler = make_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                               warmup_steps=cfg.optim.warmup_steps)
         model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+        check_distributed(acc, model)
         state = load_checkpoint(acc, ckpt) if ckpt else {"step": 0, "data_position": 0}
         if ckpt:
             self.note(f"resuming from {ckpt} (step {state['step']})")
@@ -233,8 +235,9 @@ class Trainer:
         bar = tqdm(total=cfg.run.max_steps, initial=step, desc="treerpo", dynamic_ncols=True,
                    disable=not (self.progress and self.main))
         with VerifierPool.from_config(cfg.verifier, self.verifier_name) as pool:
-            start_acc = self.held_out_accuracy(policy, tokenizer, held_out, pool,
-                                               "after-sft" if cfg.sft.num_examples else "start")
+            with full_parameters(model):  # under FSDP2, ranks generate for different lengths
+                start_acc = self.held_out_accuracy(policy, tokenizer, held_out, pool,
+                                                   "after-sft" if cfg.sft.num_examples else "start")
             while step < cfg.run.max_steps:
                 step += 1
                 t_step = time.monotonic()
@@ -244,9 +247,10 @@ class Trainer:
                 model.eval()  # rollout: no dropout, KV cache on even with gradient checkpointing
                 t0 = time.monotonic()
                 trees = []
-                for i in range(0, len(batch), cfg.train.prompts_per_step):
-                    trees += engine.grow(batch[i:i + cfg.train.prompts_per_step],
-                                         seed=rollout_seed(cfg.run.seed, step, acc.process_index) + i, step=step)
+                with full_parameters(model):
+                    for i in range(0, len(batch), cfg.train.prompts_per_step):
+                        trees += engine.grow(batch[i:i + cfg.train.prompts_per_step],
+                                             seed=rollout_seed(cfg.run.seed, step, acc.process_index) + i, step=step)
                 t_rollout = time.monotonic() - t0
                 t0 = time.monotonic()
                 bad_leaves = grade(trees, batch, pool, tokenizer)
@@ -286,7 +290,8 @@ class Trainer:
                                 step_s=f"{time.monotonic() - t_step:.1f}")
                 bar.update(1)
             bar.close()
-            end_acc = self.held_out_accuracy(policy, tokenizer, held_out, pool, "final")
+            with full_parameters(model):
+                end_acc = self.held_out_accuracy(policy, tokenizer, held_out, pool, "final")
         summary = self.summarize(start_acc, end_acc, time.monotonic() - started)
         if cfg.run.log_with:
             acc.end_training()

@@ -100,3 +100,12 @@ def test_flat_mode_with_a_failing_verifier_counts_errors_and_trains_nothing(tmp_
     assert row["loss"] == 0.0  # every advantage is zero: nothing to learn from
     for line in (out / "trees" / "step-1.jsonl").read_text().splitlines():
         assert {n["kind"] for n in json.loads(line)["nodes"][1:]} == {"sample"}
+
+
+def test_metrics_reader_drops_a_cut_last_line_and_names_a_broken_middle_one(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')  # killed while writing step 3
+    assert read_metrics(path) == [{"step": 1}, {"step": 2}]
+    path.write_text('{"step": 1}\n{"step": 2, "rew\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_metrics(path)

@@ -43,10 +43,21 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a `metrics.jsonl`; a last line cut short (a run killed mid-write) is left out, a broken
+    line anywhere else is an error naming it."""
     p = Path(path)
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break
+            raise ValueError(f"{p}, line {i}: not a JSON object ({e})") from None
+    return rows
 
 
 def dump_trees(run_dir: str | Path, step: int, trees: Iterable[Tree]) -> Path:

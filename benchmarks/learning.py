@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "prompts_per_step": cfg.train.prompts_per_step, "lr": cfg.optim.lr, "n_flat": cfg.tree.n_flat,
                      "max_new_tokens": cfg.sampling.max_new_tokens, "eval_max_new_tokens": cfg.eval.max_new_tokens,
                      "tree": cfg.to_dict()["tree"]},
-        "machine": {  # wall seconds depend on the load; CPU seconds much less so"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        # wall seconds depend on the load; CPU seconds much less so
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_avg_at_start": load_start,
                     "load_avg_at_end": os.getloadavg()},

@@ -2,6 +2,7 @@
 
     python benchmarks/learning.py [--quick] [--out-dir benchmarks/results] [--work-dir runs/learning]
                                   [--budget TOKENS] [--eval-n N] [--evals K] [--model smollm2-135m]
+                                  [--set KEY=VALUE ...] [--sft-dir DIR] [--arms treerpo,grpo]
 
 What it does, on the `arithmetic` task with the embedded demo's settings (recipes/demo.yaml):
 1. one SFT warm-up on the demo's 160 worked solutions; both arms start from this same checkpoint;
@@ -16,6 +17,12 @@ What it does, on the `arithmetic` task with the embedded demo's settings (recipe
 Writes `<out-dir>/learning.json` (per arm `treerpo`, `grpo`: initial/final accuracy, the eval curve against
 tokens, mean leaf reward per step, tokens generated, wall seconds) and `<out-dir>/learning.png` (accuracy
 against unique tokens, both arms), and prints the result table last.
+
+`--set KEY=VALUE` (repeatable) changes a config key for both arms, as `treerpo run --set` does: the tree
+keys (`tree.h_th`, `tree.max_leaves`, ...) only act on the TreeRPO arm and `tree.n_flat` only on GRPO, while
+`optim.lr` or `train.prompts_per_step` change both, so the arms keep one optimizer. `--sft-dir` reuses the
+warm-up of an earlier run (its `<work-dir>/sft-run/sft` directory) instead of training a new one, and `--arms`
+runs a subset; both are for tuning, and the JSON records them.
 
 `--quick` is the CI smoke test: the 3M-parameter `tiny-random` model, a few SFT examples, a budget of a few
 steps, eight test problems; it checks the plumbing (budget stop, periodic eval, outputs), not learning.
@@ -85,6 +92,7 @@ class BudgetTrainer(Trainer):
         self.curve: list[dict] = []
         self.rewards: list[float | None] = []
         self.step_tokens: list[int] = []  # unique tokens generated in each step
+        self.step_leaves: list[float] = []  # mean leaves (graded samples) per prompt in each step
         self.eval_seconds = 0.0
         self.step_now = 0
         self.live = None  # (policy, tokenizer, pool) once the run has started
@@ -115,6 +123,7 @@ class BudgetTrainer(Trainer):
         self.step_tokens.append(sum(t.unique_tokens for t in trees))
         self.tokens_unique += self.step_tokens[-1]
         self.tokens_path_sum += sum(t.path_token_sum for t in trees)
+        self.step_leaves.append(round(sum(len(t.leaves()) for t in trees) / max(1, len(trees)), 2))
         self.rewards.append(row["reward_mean"])
         crossed = False
         while self.marks and self.tokens_unique >= self.marks[0]:
@@ -134,7 +143,7 @@ def base_config(work: Path, args, extra: tuple[str, ...] = ()):
     if args.sft_examples is not None:
         chosen.append(f"sft.num_examples={args.sft_examples}")
     # `extra` last: an arm's own settings (no second SFT) win over the command line's
-    cfg = Config.load(demo_recipe(), [*SHARED, *(QUICK if args.quick else ()), *chosen, *extra])
+    cfg = Config.load(demo_recipe(), [*SHARED, *(QUICK if args.quick else ()), *chosen, *args.set, *extra])
     cfg.run.output_dir = str(work)
     return cfg
 
@@ -168,7 +177,7 @@ def run_arm(name: str, work: Path, args, sft_dir: str, n_sft: int, eval_examples
         "mode": cfg.tree.mode, "steps": summary["steps"],
         "initial_eval_accuracy": trainer.curve[0]["accuracy"], "final_eval_accuracy": trainer.curve[-1]["accuracy"],
         "eval_n": trainer.curve[-1]["n"], "eval_curve": trainer.curve, "reward_mean_per_step": trainer.rewards,
-        "tokens_unique_per_step": trainer.step_tokens,
+        "tokens_unique_per_step": trainer.step_tokens, "leaves_per_prompt_per_step": trainer.step_leaves,
         "tokens_unique": trainer.tokens_unique, "tokens_path_sum": trainer.tokens_path_sum,
         "wall_seconds": round(wall, 1), "eval_seconds": round(trainer.eval_seconds, 1),
         "train_seconds": round(wall - trainer.eval_seconds, 1), "cpu_seconds": round(cpu, 1),
@@ -217,13 +226,18 @@ def table(results: dict) -> str:
         part = xs[-k:] if last else xs[:k]
         return f"{sum(part) / len(part):.3f}" if part else "n/a"
 
+    def leaves(r):
+        xs = r.get("leaves_per_prompt_per_step") or []
+        return f"{sum(xs) / len(xs):.1f}" if xs else "n/a"
+
     head = (f"{'arm':<8} {'steps':>5} {'unique tok':>10} {'path-sum tok':>12} {'acc start':>9} {'acc end':>8} "
-            f"{'reward first':>12} {'reward last':>11} {'wall s':>7}")
+            f"{'reward first':>12} {'reward last':>11} {'leaves/prompt':>13} {'wall s':>7}")
     lines = [head]
     for name, r in results.items():
         lines.append(f"{name:<8} {r['steps']:>5} {r['tokens_unique']:>10} {r['tokens_path_sum']:>12} "
                      f"{100 * r['initial_eval_accuracy']:>8.1f}% {100 * r['final_eval_accuracy']:>7.1f}% "
-                     f"{reward_window(r, False):>12} {reward_window(r, True):>11} {r['wall_seconds']:>7.0f}")
+                     f"{reward_window(r, False):>12} {reward_window(r, True):>11} {leaves(r):>13} "
+                     f"{r['wall_seconds']:>7.0f}")
     return "\n".join(lines)
 
 
@@ -240,22 +254,37 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sft-examples", type=int, default=None,
                     help="worked solutions for the SFT warm-up (default: the demo's 160, quick 8)")
     ap.add_argument("--model", default=None, help="model alias or directory (default: the demo's smollm2-135m)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both arms (repeatable), e.g. tree.h_th=0.05 or optim.lr=5e-6")
+    ap.add_argument("--sft-dir", default=None,
+                    help="reuse this SFT warm-up (an earlier run's <work-dir>/sft-run/sft) instead of training one")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ", ".join(ARMS))
     args = ap.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or set(arms) - set(ARMS):
+        ap.error(f"--arms takes a comma-separated subset of {', '.join(ARMS)}; got {args.arms!r}")
+    if args.sft_dir and not (Path(args.sft_dir) / "config.json").is_file():
+        ap.error(f"--sft-dir {args.sft_dir}: not a model directory (no config.json)")
     args.budget = args.budget or (QUICK_BUDGET if args.quick else FULL_BUDGET)
     args.eval_n = args.eval_n or (4 if args.quick else 128)
     args.evals = args.evals or (2 if args.quick else 5)
     work = Path(args.work_dir or ROOT / "runs" / ("learning-quick" if args.quick else "learning"))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work, ignore_errors=True)  # a stale SFT directory would be reused silently
+    if not args.sft_dir:
+        shutil.rmtree(work, ignore_errors=True)  # a stale SFT directory would be reused silently
 
     t_all = time.monotonic()
     load_start = os.getloadavg()
-    sft_dir, n_sft, sft_seconds, sft_cpu = warm_start(work, args)
+    if args.sft_dir:
+        sft_dir, sft_seconds, sft_cpu = str(Path(args.sft_dir).resolve()), 0.0, 0.0
+        n_sft = base_config(work, args).sft.num_examples  # RL prompts start after the examples it was trained on
+    else:
+        sft_dir, n_sft, sft_seconds, sft_cpu = warm_start(work, args)
     cfg = base_config(work, args)
     eval_examples = select(create_task(cfg).examples("test"), limit=args.eval_n, shuffle_seed=None)
     results, initial = {}, None
-    for name in ARMS:
+    for name in arms:
         print(f"learning: {name} arm, budget {args.budget} unique tokens", file=sys.stderr, flush=True)
         results[name] = run_arm(name, work, args, sft_dir, n_sft, eval_examples, initial)
         initial = {k: results[name]["eval_curve"][0][k] for k in ("accuracy", "n")}
@@ -266,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sft_examples": n_sft, "sft_seconds": round(sft_seconds, 1),
         "sft_cpu_seconds": round(sft_cpu, 1), "total_seconds": round(time.monotonic() - t_all, 1),
         "settings": {"recipe": "recipes/demo.yaml", "shared_overrides": list(SHARED) + (list(QUICK) if args.quick else []),
+                     "set": args.set, "sft_dir_reused": args.sft_dir,
                      "prompts_per_step": cfg.train.prompts_per_step, "lr": cfg.optim.lr, "n_flat": cfg.tree.n_flat,
                      "max_new_tokens": cfg.sampling.max_new_tokens, "eval_max_new_tokens": cfg.eval.max_new_tokens,
                      "tree": cfg.to_dict()["tree"]},

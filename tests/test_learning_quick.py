@@ -76,6 +76,9 @@ def test_path_sum_counts_shared_prefixes_once_per_path(quick):
     # the root, so >=)
     assert arms["grpo"]["tokens_path_sum"] == arms["grpo"]["tokens_unique"]
     assert arms["treerpo"]["tokens_path_sum"] >= arms["treerpo"]["tokens_unique"]
+    # a flat group is n_flat samples per prompt (4 in the quick mode); a tree has at least the forced split's 2
+    assert set(arms["grpo"]["leaves_per_prompt_per_step"]) == {4}
+    assert all(x >= 2 for x in arms["treerpo"]["leaves_per_prompt_per_step"])
 
 
 def test_writes_plot_and_ends_with_the_table_and_no_checkpoints(quick):
@@ -84,3 +87,31 @@ def test_writes_plot_and_ends_with_the_table_and_no_checkpoints(quick):
     assert lines[-3].split()[:2] == ["arm", "steps"]
     assert [line.split()[0] for line in lines[-2:]] == ["treerpo", "grpo"]
     assert not list(quick["work"].glob("*/checkpoint-*"))
+
+
+def test_tuning_run_reuses_the_warm_up_and_applies_overrides(quick, tmp_path):
+    """`--sft-dir` starts from an earlier warm-up without training a new one, `--arms` runs a subset, and a
+    `--set` override reaches the arm's config and shows in what it measured."""
+    sft_dir = quick["work"] / "sft-run" / "sft"
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick",
+                           "--sft-examples", "6", "--sft-dir", str(sft_dir), "--arms", "treerpo",
+                           "--set", "tree.max_leaves=2", "--out-dir", str(out), "--work-dir", str(work)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "learning.json").read_text())
+    assert set(report["arms"]) == {"treerpo"}
+    assert report["settings"]["set"] == ["tree.max_leaves=2"] and report["settings"]["sft_dir_reused"] == str(sft_dir)
+    assert not (work / "sft-run").exists()
+    config = yaml.safe_load((work / "treerpo" / "config.yaml").read_text())
+    assert config["model"]["name"] == str(sft_dir.resolve()) and config["tree"]["max_leaves"] == 2
+    assert config["task"]["offset"] == 6
+    leaves = report["arms"]["treerpo"]["leaves_per_prompt_per_step"]
+    assert len(leaves) == report["arms"]["treerpo"]["steps"] and all(1 <= x <= 2 for x in leaves)
+
+
+def test_bad_arm_name_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick", "--arms", "ppo",
+                           "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--arms takes a comma-separated subset" in proc.stderr

@@ -66,9 +66,9 @@ QUICK = ("model.name=tiny-random", "task.options.train_size=256", "sft.num_examp
          # pinned so the smoke test's token arithmetic (two tree steps to the budget) does not move with the
          # demo recipe's tree thresholds; the full mode keeps the demo's
          "tree.h_th=1.0", "tree.l_min=8", "tree.s_min=64")
-# Full-mode size, estimated (the shared machine was too loaded to time it): on 2 idle cores SFT ~5 min, one greedy
-# eval of 128 problems ~1 min (11 of them), an RL step of 4 prompts ~30 s for ~1-1.5k unique tokens, so
-# 40k tokens per arm is ~30 steps, ~15-20 min per arm: ~50-60 min in all.
+# Full-mode size, measured on 2 idle cores (benchmarks/results/learning*/learning.json): SFT 2.5-4 min, the
+# TreeRPO arm ~22 min (85-89 steps), the GRPO arm ~11 min (46 steps), 36-38 min in all, each arm including
+# its six greedy evaluations of 128 problems.
 FULL_BUDGET, QUICK_BUDGET = 40_000, 150
 
 

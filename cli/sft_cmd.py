@@ -22,7 +22,7 @@ def sft(task_name, model_name, data_file, output_dir, resume, config_file, overr
     Examples are task.split after a seeded shuffle (task.shuffle_seed), from task.offset, sft.num_examples of
     them (0: task.limit, else all), so `--set task.offset=5000` gives a subset disjoint from an RL run's.
     Keys: sft.epochs, sft.lr, sft.batch_size, sft.max_length, sft.packing, train.grad_accumulation,
-    run.save_every, run.keep_last. Works under `accelerate launch` (DDP, FSDP, DeepSpeed).
+    run.save_every, run.keep_last. Works under `accelerate launch` (DDP, FSDP2, DeepSpeed ZeRO-1/2).
 
     \b
     The output directory is an HF model directory that `treerpo run --model` and `treerpo eval --model`

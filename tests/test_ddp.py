@@ -47,9 +47,9 @@ PROBE = textwrap.dedent("""
     local = model.lm_head.weight.grad.clone()
     model.zero_grad()
 
-    def run():
+    def run(backward):
         for ids in inputs:
-            acc.backward(ddp(input_ids=ids).logits.float().square().mean())
+            backward(ddp(input_ids=ids).logits.float().square().mean())
     backward_then_sync(acc, ddp, run)
     expected = acc.reduce(local, reduction="mean")
     got = model.lm_head.weight.grad

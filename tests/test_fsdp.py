@@ -15,20 +15,20 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from treerpo_core.accel import check_distributed
 
 PROBE = textwrap.dedent("""
-    import copy, json, random, sys, torch
+    import copy, json, sys, torch
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     from treerpo_core.accel import backward_then_sync, full_parameters, load_trainable, make_accelerator
-    from treerpo_core.config import Config, LossConfig, SamplingConfig, TreeConfig
+    from treerpo_core.config import Config, LossConfig
     from treerpo_core.loss import PolicyLoss, accumulate_policy_gradient
-    from treerpo_core.rollout.engine import TreeEngine
-    from treerpo_core.types import Example
+    from uneven_work import uneven_trees  # tests/ is on PYTHONPATH
 
     cfg = Config()
     cfg.set("model.name=tiny-random")
@@ -41,26 +41,18 @@ PROBE = textwrap.dedent("""
     rank = acc.process_index
     assert type(model.lm_head.weight).__name__ == "DTensor"
 
-    # rollout: rank 1 grows three trees of up to 24 tokens a path, rank 0 one of up to 8: unequal forwards
-    prompts = ["What is 2 + 3?", "Count to five.", "Name a colour.", "Say hello."]
-    examples = [Example(id=f"q{i}", prompt=[{"role": "user", "content": p}], reference="0")
-                for i, p in enumerate(prompts)][:1 + 2 * rank]
+    # rollout: the ranks grow different numbers of trees of different lengths (uneven forwards)
     model.eval()
     with full_parameters(model):
-        trees = TreeEngine(model, tokenizer, tree=TreeConfig(l_min=2, h_th=0.1, max_leaves=6, s_min=6),
-                           sampling=SamplingConfig(max_new_tokens=8 + 16 * rank)).grow(examples, seed=rank)
-    rng = random.Random(rank)
-    for tree in trees:
-        for node in tree.nodes[1:]:
-            node.advantage = rng.choice([-0.5, 0.25, 0.75])
+        trees = uneven_trees(model, tokenizer, rank)
 
     # training: small packs so the ranks run different numbers of forward/backward passes
     model.train()
     reference.train()
     loss_fn = PolicyLoss(LossConfig())
     kwargs = dict(temperature=0.6, max_packed_tokens=80)
-    stats = backward_then_sync(acc, model, lambda: accumulate_policy_gradient(model, trees, loss_fn,
-                                                                             backward=acc.backward, **kwargs))
+    stats = backward_then_sync(acc, model, lambda backward: accumulate_policy_gradient(model, trees, loss_fn,
+                                                                                      backward=backward, **kwargs))
     accumulate_policy_gradient(reference, trees, loss_fn, **kwargs)
     worst, moved = 0.0, False
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
@@ -84,7 +76,8 @@ def test_fsdp2_ranks_with_uneven_work_finish_with_the_mean_gradient(tmp_path):
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(probe), str(tmp_path)]
-    env = {**os.environ, "TREERPO_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TREERPO_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
@@ -101,11 +94,9 @@ class _Accelerator:
         self.distributed_type = getattr(DistributedType, kind)
 
 
-def test_deepspeed_and_fsdp1_are_refused_with_the_way_out():
+def test_fsdp1_is_refused_with_the_way_out():
     import torch
 
-    with pytest.raises(RuntimeError, match="DeepSpeed is not supported.*FSDP2"):
-        check_distributed(_Accelerator("DEEPSPEED"), torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="fsdp_version: 2"):
         check_distributed(_Accelerator("FSDP"), torch.nn.Linear(2, 2))
     check_distributed(_Accelerator("MULTI_CPU"), torch.nn.Linear(2, 2))  # DDP passes

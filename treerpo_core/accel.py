@@ -1,7 +1,8 @@
 """accelerate set-up shared by the SFT phase and the RL trainer: one process group, the model on this rank's
 device, AdamW with linear warm-up, gradient checkpointing.
 
-DDP, FSDP and DeepSpeed all come from `accelerate launch` and its config file; nothing here names one.
+DDP, FSDP2 and DeepSpeed (ZeRO-1/2) all come from `accelerate launch` and its config file; the code below
+only adapts to what accelerate prepared (`backward_then_sync`, `configure_deepspeed`).
 Precision: the model is loaded in `model.dtype` (auto: bf16 on a GPU that has it, fp32 on CPU) and trained in
 that dtype without autocast, so the log-probs recorded at rollout and those recomputed in the loss come from
 the same arithmetic and the PPO ratio is 1 at unchanged weights (ARCHITECTURE.md, "log-probs").
@@ -24,8 +25,10 @@ def make_accelerator(cfg: Config, *, log_with: list[str] | None = None, project_
     from accelerate.utils import set_seed
 
     # several processes and no GPU (`accelerate launch --multi_gpu --num_processes 2` or torchrun on a CPU
-    # machine): accelerate only picks its gloo CPU backend when told `cpu=True`
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # machine): accelerate only picks its gloo CPU backend when told `cpu=True`. Not under a DeepSpeed config,
+    # which `cpu=True` would quietly turn into DDP
+    multi_cpu = (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+                 and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true")
     accelerator = Accelerator(log_with=log_with or None, project_dir=project_dir, cpu=multi_cpu)
     register_hooks(accelerator)
     # per-rank seeds differ so each rank's rollouts sample differently; resumed runs restore RNG states instead
@@ -143,24 +146,106 @@ def no_gradient_sync(accelerator, model):
 
 
 def backward_then_sync(accelerator, model, run_backwards):
-    """Run `run_backwards()` (any number of `accelerator.backward` calls) with gradient sync off, then one
-    zero-valued backward with sync on, which makes DDP all-reduce (FSDP2 reduce-scatter) the accumulated
-    gradients exactly once.
+    """Run `run_backwards(backward)`, which calls `backward(loss)` any number of times, so that ranks running
+    different numbers of backward passes still end with the mean gradient. Returns what `run_backwards` returns.
 
     Why: ranks run different numbers of backward passes (trees split into different numbers of packs, SFT
-    rows pack differently), and DDP's all-reduce inside each backward would pair them up wrongly or deadlock.
-    Under FSDP2 the forwards are collectives too; `full_parameters` keeps them silent.
-    Returns what `run_backwards` returns."""
+    rows pack differently), and a reduction inside each backward would pair them up wrongly or deadlock.
+    - DDP and FSDP2: the backwards run with gradient sync off, then one zero-valued backward with sync on
+      all-reduces (reduce-scatters) the accumulated gradients. Under FSDP2 the forwards are collectives too;
+      `full_parameters` keeps them silent.
+    - DeepSpeed: ZeRO-2 reduces inside every backward and has no way to turn that off, so the ranks move in
+      lockstep instead (`_deepspeed_backwards`)."""
+    if is_deepspeed(model):
+        return _deepspeed_backwards(accelerator, model, run_backwards)
     if accelerator.num_processes == 1:
-        return run_backwards()
+        return run_backwards(accelerator.backward)
     with full_parameters(model):
         with no_gradient_sync(accelerator, model):
-            out = run_backwards()
+            out = run_backwards(accelerator.backward)
         # a real forward through the wrapper, so DDP prepares its reducer; every parameter gets a zero gradient
-        probe = torch.zeros(1, 1, dtype=torch.long, device=accelerator.device)
-        logits = model(input_ids=probe, use_cache=False).logits
-        accelerator.backward(logits.sum() * 0.0)
+        accelerator.backward(_zero_loss(accelerator, model))
     return out
+
+
+def is_deepspeed(model) -> bool:
+    """Whether `model` is what `accelerator.prepare` returns under DeepSpeed (a `DeepSpeedEngine`)."""
+    return any(c.__name__ == "DeepSpeedEngine" for c in type(model).__mro__)
+
+
+def _zero_loss(accelerator, model) -> torch.Tensor:
+    """A loss of exactly zero from a real one-token forward through every parameter."""
+    probe = torch.zeros(1, 1, dtype=torch.long, device=accelerator.device)
+    return model(input_ids=probe, use_cache=False).logits.sum() * 0.0
+
+
+def _deepspeed_backwards(accelerator, model, run_backwards):
+    """DeepSpeed: every rank runs as many backward passes as the busiest one, then the optimizer step.
+
+    Before each of its backwards a rank tells the others (an all-reduce of 1); a rank that has run out of work
+    answers with 0 and runs a zero-valued backward for every round in which someone else still sent 1, so the
+    backwards, and the reductions ZeRO-2 does inside them, pair up one to one. The engine is driven through its
+    own API (`set_gradient_accumulation_boundary`, `backward`, `step`): only the last, zero-valued backward is
+    the accumulation boundary, where DeepSpeed averages the gradients over ranks, clips them to
+    `optim.max_grad_norm` (put in its config by `configure_deepspeed`), steps the optimizer and scheduler and
+    zeroes the gradients. The caller's `optimizer.step()`, `scheduler.step()` and `zero_grad()` are then
+    accelerate's no-op DeepSpeed wrappers."""
+    import torch.distributed as dist
+
+    def anyone(flag: int) -> bool:
+        t = torch.tensor([flag], device=accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def backward(loss: torch.Tensor) -> None:
+        anyone(1)
+        model.backward(loss)
+
+    model.set_gradient_accumulation_boundary(False)
+    out = run_backwards(backward)
+    while anyone(0):
+        model.backward(_zero_loss(accelerator, model))
+    model.set_gradient_accumulation_boundary(True)
+    model.backward(_zero_loss(accelerator, model))
+    model.step()
+    return out
+
+
+def configure_deepspeed(accelerator, *, max_grad_norm: float, micro_batch: int) -> None:
+    """Under DeepSpeed, fill the config keys the training loop relies on; call before `accelerator.prepare`.
+    Elsewhere a no-op.
+
+    - `gradient_accumulation_steps` 1: the loop accumulates over packs itself and marks the boundary
+      (`_deepspeed_backwards`); DeepSpeed's own count would divide every loss by it. `train.grad_accumulation`
+      is how to accumulate more prompts per step.
+    - `gradient_clipping` = `optim.max_grad_norm`, since DeepSpeed clips inside its step.
+    - `train_micro_batch_size_per_gpu`: prompts per rank per step, for DeepSpeed's bookkeeping only (no
+      dataloader goes through `prepare` for accelerate to read it from).
+    - `zero_allow_untested_optimizer`: the optimizer is torch's AdamW (`make_optimizer`).
+    ZeRO-3 is refused: it gathers parameters inside every forward, and ranks generate for different lengths."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    conf = plugin.deepspeed_config
+    stage = int(conf.get("zero_optimization", {}).get("stage", 0))
+    if stage >= 3:
+        raise RuntimeError(
+            "DeepSpeed ZeRO-3 is not supported: it all-gathers parameters inside every forward, and TreeRPO ranks "
+            "generate for different numbers of tokens, so those collectives would pair up wrongly or hang. Use "
+            "ZeRO-1 or ZeRO-2 (`zero_stage: 2`), or FSDP2 (`fsdp_version: 2`), which shards parameters too.")
+    wanted = {"gradient_accumulation_steps": 1, "gradient_clipping": float(max_grad_norm)}
+    for key, value in wanted.items():
+        given = conf.get(key, "auto")
+        if given != "auto" and float(given) != value:
+            raise RuntimeError(
+                f"DeepSpeed config sets {key}={given}, but treerpo needs {value:g} there "
+                + ("(accumulate with --set train.grad_accumulation=N instead)" if key.startswith("gradient_acc")
+                   else "(set optim.max_grad_norm instead; DeepSpeed clips with it)")
+                + "; set it to auto or remove it.")
+        conf[key] = value
+    if conf.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        conf["train_micro_batch_size_per_gpu"] = max(1, int(micro_batch))
+    conf.setdefault("zero_allow_untested_optimizer", True)
 
 
 def check_distributed(accelerator, model) -> None:
@@ -168,12 +253,6 @@ def check_distributed(accelerator, model) -> None:
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
-    if kind == DistributedType.DEEPSPEED:
-        raise RuntimeError(
-            "DeepSpeed is not supported: its engine reduces gradients inside every backward, and TreeRPO ranks run "
-            "different numbers of backward passes per step (trees split into different numbers of packs), which "
-            "would pair the reductions up wrongly or hang. Use DDP or FSDP2 (`fsdp_version: 2` in the accelerate "
-            "config).")
     if kind == DistributedType.FSDP and not fsdp2_units(model):
         raise RuntimeError(
             "FSDP1 is not supported (the rollout would generate from flattened, sharded parameters); set "

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .accel import backward_then_sync, check_distributed, load_trainable, make_optimizer, reduce_metrics
+from .accel import (backward_then_sync, check_distributed, configure_deepspeed, load_trainable, make_optimizer,
+                    reduce_metrics)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model_dir
 from .config import Config
 from .data import DataError
@@ -144,6 +145,8 @@ def train_sft(cfg: Config, accelerator, examples: list[Example], *, output_dir: 
     total_steps = math.ceil(len(samples) / global_batch) * cfg.sft.epochs
     optimizer, scheduler = make_optimizer(model, lr=cfg.sft.lr, weight_decay=cfg.optim.weight_decay,
                                           warmup_steps=cfg.optim.warmup_steps)
+    configure_deepspeed(accelerator, max_grad_norm=cfg.optim.max_grad_norm,
+                        micro_batch=cfg.sft.batch_size * cfg.train.grad_accumulation)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     check_distributed(accelerator, model)
     start = load_checkpoint(accelerator, ckpt)["step"] if ckpt else 0
@@ -160,12 +163,13 @@ def train_sft(cfg: Config, accelerator, examples: list[Example], *, output_dir: 
         mine = batch[accelerator.process_index::world]
         rows = pack_rows(mine, cfg.sft.max_length, cfg.sft.packing)
 
-        def backward_rows() -> float:
+        def backward_rows(backward) -> float:
             nll = 0.0
             for row in rows:
                 loss = -row_completion_logprobs(model, row).sum() / n_tokens
-                # DDP averages gradients over ranks; scale so the result is the mean over the global batch
-                accelerator.backward(loss * world)
+                # DDP and DeepSpeed average gradients over ranks; scale so the result is the mean over the global
+                # batch
+                backward(loss * world)
                 nll += float(loss.detach())
             return nll
 
@@ -175,7 +179,8 @@ def train_sft(cfg: Config, accelerator, examples: list[Example], *, output_dir: 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         last = {"loss": reduce_metrics(accelerator, {"loss": nll}, "sum")["loss"],
-                "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": n_tokens}
+                "grad_norm": None if grad_norm is None else float(grad_norm),  # None: DeepSpeed stepped without one
+                "lr": scheduler.get_last_lr()[0], "tokens": n_tokens}
         if log:
             log.append({"step": step + 1, **last})
         bar.set_postfix(loss=f"{last['loss']:.3f}")

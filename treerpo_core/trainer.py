@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accel import (backward_then_sync, check_distributed, create_task, full_parameters, load_trainable,
+from .accel import (backward_then_sync, check_distributed, configure_deepspeed, create_task, full_parameters,
+                    load_trainable,
                     make_accelerator, make_optimizer, reduce_metrics)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config
@@ -216,6 +217,8 @@ class Trainer:
         model, tokenizer = load_trainable(cfg, acc, str(ckpt) if ckpt else start_model)
         optimizer, scheduler = make_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                               warmup_steps=cfg.optim.warmup_steps)
+        configure_deepspeed(acc, max_grad_norm=cfg.optim.max_grad_norm,
+                            micro_batch=cfg.train.prompts_per_step * cfg.train.grad_accumulation)
         model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
         check_distributed(acc, model)
         state = load_checkpoint(acc, ckpt) if ckpt else {"step": 0, "data_position": 0}
@@ -263,14 +266,14 @@ class Trainer:
                 train_stats = []
                 for _ in range(cfg.train.ppo_epochs):
                     for mb in minibatches(trees, cfg.train.minibatches):
-                        stats = backward_then_sync(acc, model, lambda mb=mb: accumulate_policy_gradient(
+                        stats = backward_then_sync(acc, model, lambda backward, mb=mb: accumulate_policy_gradient(
                             model, mb, policy_loss, temperature=cfg.sampling.temperature,
-                            max_packed_tokens=cfg.train.max_packed_tokens, backward=acc.backward))
+                            max_packed_tokens=cfg.train.max_packed_tokens, backward=backward))
                         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
-                        train_stats.append({**stats, "grad_norm": float(grad_norm)})
+                        train_stats.append({**stats, "grad_norm": _float(grad_norm)})
                 t_train = time.monotonic() - t0
 
                 row = self.step_metrics(step, trees, train_stats, tree_metrics, scheduler.get_last_lr()[0],
@@ -368,6 +371,11 @@ def _trackers(log_with: str | None) -> list[str] | None:
     if not log_with:
         return None
     return ["tensorboard", "wandb"] if log_with == "all" else [t.strip() for t in log_with.split(",")]
+
+
+def _float(x) -> float:
+    """A gradient norm as a float; NaN (logged as null) where the backend reports none."""
+    return math.nan if x is None else float(x)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
